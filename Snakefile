@@ -1,0 +1,29 @@
+"""Checkpoint I/O workflow: train with checkpoints under Darshan, then compare the modes.
+
+Stages: train (one job per checkpoint mode) -> locate the job's Darshan logs ->
+per-log HTML summaries and per-mode metrics -> one comparison table.
+"""
+
+from pathlib import Path
+
+
+configfile: str(Path(workflow.basedir) / "config" / "config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/train.smk"
+include: "rules/darshan.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True
+
+
+onsuccess:
+    table = RESULTS / "summary.md"
+    if table.is_file():
+        print(f"\nCheckpoint I/O by mode ({table}):\n")
+        print(table.read_text())

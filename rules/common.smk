@@ -1,0 +1,170 @@
+"""Config validation, the Darshan runtime check and every path of the workflow."""
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+# Jobs run the scripts with the interpreter that runs Snakemake, so they see the
+# same packages (torch, PyDarshan) whichever environment is active.
+PYTHON = shlex.quote(sys.executable)
+
+
+def script(name):
+    """Return the shell-quoted path of a script in workflow/scripts."""
+    return shlex.quote(str(SCRIPTS / name))
+
+
+def quote_arguments(arguments):
+    """Join arguments for a shell command, each quoted, so no path can break or inject into it."""
+    return " ".join(shlex.quote(str(argument)) for argument in arguments)
+
+import darshan_runtime  # noqa: E402
+import settings_check  # noqa: E402
+
+
+# ---- config -----------------------------------------------------------------
+
+try:
+    settings_check.validate_config(config, Path(workflow.basedir) / "config" / "schema" / "config.schema.yaml")
+    settings_check.check_config(config)
+except settings_check.ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+MODES = list(config["modes"])
+EXISTING = dict(config.get("existing_logs") or {})
+RANKS = config["launch"]["nodes"] * config["launch"]["ranks_per_node"]
+CHECKPOINT_ROOT = Path(os.path.expandvars(os.path.expanduser(config["checkpoint"]["root"]))).absolute()
+
+wildcard_constraints:
+    mode="|".join(MODES),
+    log=r"[^/]+",
+
+
+# ---- Darshan runtime ----------------------------------------------------------
+
+def _resolve_darshan():
+    """Find the Darshan runtime when some mode is run, not only analysed."""
+    if all(mode in EXISTING for mode in MODES):
+        return None
+    try:
+        return darshan_runtime.resolve_runtime(config["darshan"]["enabled"], config["darshan"]["library"])
+    except darshan_runtime.DarshanNotFoundError as error:
+        raise WorkflowError(str(error)) from None
+
+
+DARSHAN = _resolve_darshan()
+
+
+# ---- paths ------------------------------------------------------------------
+
+RESULTS = Path("results")
+LOGS = Path("logs")
+
+
+def train_dir(mode):
+    return RESULTS / mode / "train"
+
+
+def manifest_path(mode):
+    return train_dir(mode) / "manifest.json"
+
+
+def darshan_dir(mode):
+    return RESULTS / mode / "darshan"
+
+
+def processes_path(mode):
+    return darshan_dir(mode) / "processes.csv"
+
+
+def metrics_path(mode):
+    return RESULTS / mode / "metrics" / "metrics.json"
+
+
+def checkpoint_dir(mode):
+    return CHECKPOINT_ROOT / config["run_id"] / mode
+
+
+# ---- inputs and parameters --------------------------------------------------
+
+def locate_input(wildcards):
+    """The manifest of a mode that is run; nothing for a mode given as existing logs."""
+    if wildcards.mode in EXISTING:
+        return {}
+    return {"manifest": str(manifest_path(wildcards.mode))}
+
+
+def locate_arguments(wildcards):
+    """Command-line arguments of locate_logs.py that say where the logs are."""
+    mode = wildcards.mode
+    arguments = ["--mode", mode]
+    if mode in EXISTING:
+        entry = EXISTING[mode]
+        arguments += ["--logs", entry["logs"]]
+        if entry.get("manifest"):
+            arguments += ["--manifest", entry["manifest"]]
+        if entry.get("checkpoint_dir"):
+            arguments += ["--checkpoint-dir", entry["checkpoint_dir"]]
+    else:
+        arguments += ["--manifest", str(manifest_path(mode)), "--wait-s", str(config["darshan"]["log_wait_s"])]
+        for directory in config["darshan"]["extra_log_dirs"]:
+            arguments += ["--extra-log-dir", os.path.expandvars(directory)]
+    return arguments
+
+
+def training_settings(mode):
+    """Everything the training job of one mode needs, as one JSON-serialisable dict."""
+    darshan = None
+    if DARSHAN is not None:
+        darshan = {
+            "runtime": DARSHAN.as_dict(),
+            "max_records": config["darshan"]["max_records"],
+            "modules": config["darshan"]["modules"],
+            "dxt": config["darshan"]["dxt"],
+        }
+    return {
+        "run_id": config["run_id"],
+        "mode": mode,
+        "model": config["model"],
+        "training": config["training"],
+        "launch": config["launch"],
+        "checkpoint": {"dir": str(checkpoint_dir(mode)), "fsync": config["checkpoint"]["fsync"]},
+        "darshan": darshan,
+    }
+
+
+def metrics_manifest_arguments(wildcards):
+    """--manifest for darshan_metrics.py when the mode's job wrote one."""
+    mode = wildcards.mode
+    if mode in EXISTING:
+        manifest = EXISTING[mode].get("manifest")
+        return ["--manifest", manifest] if manifest else []
+    return ["--manifest", str(manifest_path(mode))]
+
+
+def summary_html_of(mode):
+    """HTML summaries to render for a mode, chosen by summaries.html, once its logs are located."""
+    choice = config["summaries"]["html"]
+    if choice == "none":
+        return []
+    import pandas as pd
+
+    table = pd.read_csv(checkpoints.locate_logs.get(mode=mode).output.processes)
+    table = table[table["error"].isna() | (table["error"] == "")]
+    if choice == "checkpoint":
+        table = table[table["checkpoint_bytes_written"].fillna(0) + table["checkpoint_bytes_read"].fillna(0) > 0]
+    return [str(darshan_dir(mode) / "summaries" / f"{Path(name).stem}.html") for name in table["log"]]
+
+
+def final_outputs():
+    return [str(RESULTS / "summary.csv"), str(RESULTS / "summary.md")]

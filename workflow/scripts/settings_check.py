@@ -1,0 +1,156 @@
+"""Checks of config/config.yaml that a JSON Schema cannot express.
+
+The schema checks types, ranges and names. These checks look at the machine:
+paths that must exist or be writable, variables that must be set, model names
+that torchvision must know. Each error names the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+SMALL_VIT = "small_vit"
+UNEXPANDED_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class ConfigError(ValueError):
+    """Raised for a config value that is valid by the schema but unusable here."""
+
+
+def _with_defaults(validator_class):
+    """Extend a validator class so that validation also fills in schema defaults."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = subschema["default"]
+        yield from check_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": fill_defaults})
+
+
+DefaultingValidator = _with_defaults(Draft202012Validator)
+
+
+def _describe(error) -> str:
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        return f"{key}: {error.message}. Allowed keys here: {', '.join(allowed)}."
+    if error.validator == "enum":
+        return f"{key}: {error.instance!r} is not allowed. Allowed values: {', '.join(map(repr, error.validator_value))}."
+    if error.validator == "propertyNames":
+        return f"{key}: {error.message}."
+    hint = f" ({schema['description']})" if schema.get("description") else ""
+    return f"{key}: {error.message}{hint}."
+
+
+def validate_config(config: dict, schema_path: Path) -> None:
+    """Validate the config against the schema and fill in defaults.
+
+    Raises:
+        ConfigError: listing every invalid key with its value and what is allowed.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    errors = sorted(DefaultingValidator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_describe(error) for error in errors)
+        raise ConfigError(f"invalid config (config/config.yaml or --config):\n  {lines}")
+
+
+def expand_path(key: str, value: str) -> Path:
+    """Expand ``~`` and environment variables in a path from the config.
+
+    Raises:
+        ConfigError: the path names an environment variable that is not set.
+    """
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    missing = UNEXPANDED_VARIABLE.search(expanded)
+    if missing:
+        raise ConfigError(
+            f"{key}: {value!r} uses the environment variable {missing.group(1)}, which is not set. "
+            f"Set it (for example `export {missing.group(1)}=/path`) or write the path out."
+        )
+    return Path(expanded)
+
+
+def check_checkpoint_root(value: str) -> Path:
+    """Check that the checkpoint root is, or can be made, a writable directory."""
+    root = expand_path("checkpoint.root", value).absolute()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"checkpoint.root: {str(root)!r} exists and is not a directory. Give a directory.")
+    existing = root if root.exists() else root.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"checkpoint.root: {str(root)!r} cannot be created because its parent {str(existing)!r} "
+            "does not exist. Check the path for typos or create the parent first."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"checkpoint.root: {str(existing)!r} is not writable by this user. "
+            "Choose a directory you can write to, such as one under $SCRATCH."
+        )
+    return root
+
+
+def check_model_name(name: str) -> None:
+    """Check that the model is the small ViT or a torchvision classification model."""
+    if name == SMALL_VIT:
+        return
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        close = [candidate for candidate in known if candidate.split("_")[0] == name.split("_")[0]]
+        hint = f" Similar names: {', '.join(close[:8])}." if close else ""
+        raise ConfigError(
+            f"model.name: {name!r} is not a torchvision classification model.{hint} "
+            f"Use {SMALL_VIT!r} or a name from torchvision.models.list_models(module=torchvision.models)."
+        )
+
+
+def check_existing_logs(existing: dict, modes: list[str]) -> None:
+    """Check that every existing-logs entry belongs to a listed mode and its paths exist."""
+    for mode, entry in existing.items():
+        if mode not in modes:
+            raise ConfigError(
+                f"existing_logs.{mode}: the mode {mode!r} is not in modes {modes}. "
+                f"Add it to modes or remove the entry."
+            )
+        logs = expand_path(f"existing_logs.{mode}.logs", entry["logs"])
+        if not logs.is_dir():
+            raise ConfigError(f"existing_logs.{mode}.logs: {str(logs)!r} is not a directory. Give the directory that holds the .darshan files.")
+        if entry.get("manifest"):
+            manifest = expand_path(f"existing_logs.{mode}.manifest", entry["manifest"])
+            if not manifest.is_file():
+                raise ConfigError(f"existing_logs.{mode}.manifest: {str(manifest)!r} is not a file. Give the manifest.json of that job or remove the key.")
+
+
+def check_config(config: dict) -> None:
+    """Run every check that needs the machine; the schema has already passed.
+
+    Raises:
+        ConfigError: with the key, the value and the fix.
+    """
+    modes = list(config["modes"])
+    existing = dict(config.get("existing_logs") or {})
+    check_existing_logs(existing, modes)
+
+    modes_to_run = [mode for mode in modes if mode not in existing]
+    if not modes_to_run:
+        return
+    check_checkpoint_root(config["checkpoint"]["root"])
+    check_model_name(config["model"]["name"])
+    library = config["darshan"].get("library") or ""
+    if library:
+        expand_path("darshan.library", library)
+    for index, directory in enumerate(config["darshan"].get("extra_log_dirs") or []):
+        expand_path(f"darshan.extra_log_dirs[{index}]", directory)

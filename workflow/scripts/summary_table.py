@@ -1,0 +1,141 @@
+"""Aggregate every mode's metrics into one comparison table (CSV and Markdown).
+
+The table answers, per mode: what I/O did it do, how many files did it open, how
+much data did it write, and what bandwidth did it reach, both as Darshan saw it
+and as the training loop felt it (the time it was blocked per checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import humanize
+import pandas as pd
+
+log = logging.getLogger("summary_table")
+
+NOT_TRACED = "not traced"
+
+# Column name in summary.csv -> header in summary.md.
+HEADERS = {
+    "mode": "mode",
+    "source": "source",
+    "ranks": "ranks",
+    "checkpoints": "checkpoints",
+    "files_opened_total": "files opened (total)",
+    "files_opened_checkpoint": "files opened (checkpoint)",
+    "bytes_written_total": "bytes written (total)",
+    "bytes_written_checkpoint": "bytes written (checkpoint)",
+    "checkpoint_bytes_by_rank": "checkpoint bytes by rank",
+    "write_ops_checkpoint": "write ops (checkpoint)",
+    "mean_write_size_bytes": "mean write size",
+    "common_write_size_bytes": "most common access size",
+    "fsyncs_checkpoint": "fsyncs",
+    "slowest_rank_io_time_s": "Darshan I/O time, slowest rank (s)",
+    "bandwidth_by_slowest_mib_per_s": "Darshan bandwidth by slowest rank (MiB/s)",
+    "rank_imbalance_bytes": "rank imbalance (max/mean bytes)",
+    "blocking_mean_s": "blocking per checkpoint (s)",
+    "completion_mean_s": "save completed after (s)",
+    "blocking_throughput_mib_per_s": "throughput while blocked (MiB/s)",
+    "checkpoint_bytes_on_disk": "checkpoint bytes on disk",
+    "flags": "flags",
+}
+BYTE_COLUMNS = {"bytes_written_total", "bytes_written_checkpoint", "mean_write_size_bytes",
+                "common_write_size_bytes", "checkpoint_bytes_on_disk"}
+DARSHAN_COLUMNS = ["files_opened_total", "files_opened_checkpoint", "bytes_written_total",
+                   "bytes_written_checkpoint", "checkpoint_bytes_by_rank", "write_ops_checkpoint",
+                   "mean_write_size_bytes", "common_write_size_bytes", "fsyncs_checkpoint",
+                   "slowest_rank_io_time_s", "bandwidth_by_slowest_mib_per_s", "rank_imbalance_bytes"]
+
+
+def table_row(metrics: dict) -> dict:
+    """Flatten one mode's metrics into a row of the comparison table."""
+    application = metrics.get("application") or {}
+    row = {
+        "mode": metrics["mode"],
+        "source": metrics.get("source", "run"),
+        "ranks": metrics.get("world_size") or metrics.get("ranks"),
+        "checkpoints": application.get("checkpoints") or metrics.get("checkpoints_written"),
+        "blocking_mean_s": application.get("blocking_mean_s"),
+        "completion_mean_s": application.get("completion_mean_s"),
+        "blocking_throughput_mib_per_s": application.get("blocking_throughput_mib_per_s"),
+        "checkpoint_bytes_on_disk": application.get("checkpoint_bytes_on_disk"),
+        "flags": "; ".join(metrics.get("flags", [])),
+    }
+    if not metrics.get("traced", True):
+        row.update({column: NOT_TRACED for column in DARSHAN_COLUMNS})
+        return row
+
+    total, checkpoint = metrics["all"], metrics["checkpoint"]
+    sizes = checkpoint.get("common_access_sizes") or []
+    row.update({
+        "files_opened_total": total["files_opened"],
+        "files_opened_checkpoint": checkpoint["files_opened"],
+        "bytes_written_total": total["bytes_written"],
+        "bytes_written_checkpoint": checkpoint["bytes_written"],
+        "checkpoint_bytes_by_rank": " / ".join(str(r["checkpoint_bytes_written"]) for r in metrics.get("per_rank", [])),
+        "write_ops_checkpoint": checkpoint["write_ops"],
+        "mean_write_size_bytes": checkpoint["mean_write_size_bytes"],
+        "common_write_size_bytes": sizes[0][0] if sizes else None,
+        "fsyncs_checkpoint": checkpoint["fsyncs"],
+        "slowest_rank_io_time_s": checkpoint["slowest_rank_io_time_s"],
+        "bandwidth_by_slowest_mib_per_s": checkpoint["bandwidth_by_slowest_mib_per_s"],
+        "rank_imbalance_bytes": metrics.get("rank_imbalance_bytes"),
+    })
+    if metrics.get("ranks") and row["ranks"] is None:
+        row["ranks"] = metrics["ranks"]
+    return row
+
+
+def build_table(metrics: list[dict]) -> pd.DataFrame:
+    """Build the comparison table, one row per mode, in the order given."""
+    return pd.DataFrame([table_row(m) for m in metrics], columns=list(HEADERS))
+
+
+def _format(column: str, value) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    if isinstance(value, str):
+        if column == "checkpoint_bytes_by_rank" and value not in ("", NOT_TRACED):
+            return " / ".join(humanize.naturalsize(int(v), binary=True) for v in value.split(" / "))
+        return value or "–"
+    if column in BYTE_COLUMNS:
+        return humanize.naturalsize(value, binary=True)
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """Render the table for people: one column per mode, one row per figure."""
+    readable = pd.DataFrame({
+        HEADERS[column]: [_format(column, value) for value in table[column]] for column in table.columns
+    })
+    transposed = readable.set_index("mode").T
+    transposed.index.name = "figure"
+    return transposed.to_markdown() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", type=Path, nargs="+", required=True, help="metrics.json of each mode")
+    parser.add_argument("--csv", type=Path, required=True)
+    parser.add_argument("--markdown", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    metrics = [json.loads(path.read_text()) for path in args.metrics]
+    table = build_table(metrics)
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.csv, index=False)
+    args.markdown.write_text(to_markdown(table))
+    log.info("wrote %s and %s (%d modes)", args.csv, args.markdown, len(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
