@@ -16,6 +16,8 @@ rule train:
         nodes=config["launch"]["nodes"],
         tasks=RANKS,
         tasks_per_node=config["launch"]["ranks_per_node"],
+        # The local profile offers one slot, so training jobs never overlap there.
+        training_slots=1,
     shell:
         f"{PYTHON} {script('run_training.py')}"
         " --mode {wildcards.mode} --settings {params.settings:q} --output-dir {params.output_dir:q}"

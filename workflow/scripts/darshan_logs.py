@@ -8,7 +8,10 @@ with the path, so the caller can flag it instead of losing it.
 from __future__ import annotations
 
 import logging
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,25 +112,35 @@ def read_log(path: Path) -> LogContents:
     Raises:
         LogReadError: the file is empty, truncated, not a Darshan log or unreadable.
     """
-    import darshan
-
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise LogReadError(f"{path}: empty file, not a Darshan log")
-        report = darshan.DarshanReport(str(path), read_all=False)
-        modules = list(report.modules)
-        for module in IO_MODULES:
-            if module in modules:
-                report.mod_read_all_records(module)
+        return _read_report(path)
     except LogReadError:
         raise
-    except Exception as error:  # PyDarshan raises RuntimeError, ValueError or OSError for damaged logs.
+    except Exception as error:  # PyDarshan raises RuntimeError, ValueError, KeyError or OSError for damaged logs.
         raise LogReadError(f"{path}: cannot be read by PyDarshan ({type(error).__name__}: {error})") from error
+
+
+def _read_report(path: Path) -> LogContents:
+    import darshan
+
+    report = darshan.DarshanReport(str(path), read_all=False)
+    modules = list(report.modules)
+    for module in IO_MODULES:
+        if module in modules:
+            report.mod_read_all_records(module)
+            # A truncated log lists the module but yields no records (darshan-util prints
+            # the error to stderr and PyDarshan returns what it has).
+            if report.modules[module].get("num_records", 1) and not len(report.records[module]):
+                raise LogReadError(f"{path}: module {module} lists records but none could be read (truncated log?)")
 
     job = report.metadata["job"]
     tables = [_module_table(report, module) for module in IO_MODULES if module in report.records]
-    records = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["module", "file"])
+    records = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["module", "file", "id"])
+    if len(records) and records["file"].isna().all():
+        raise LogReadError(f"{path}: file names could not be read (truncated log?)")
     posix = report.records["POSIX"].to_df() if "POSIX" in report.records else None
     partial = [name for name, info in report.modules.items() if info.get("partial_flag")]
     start_s = job["start_time_sec"] + job.get("start_time_nsec", 0) / 1e9
@@ -146,6 +159,49 @@ def read_log(path: Path) -> LogContents:
         posix=posix,
         has_dxt="DXT_POSIX" in modules,
     )
+
+
+def _read_or_error(path: Path) -> "LogContents | LogReadError":
+    try:
+        return read_log(path)
+    except LogReadError as error:
+        return error
+
+
+def read_logs(paths: list[Path], workers: int | None = None) -> dict[Path, "LogContents | LogReadError"]:
+    """Read many logs in a pool of worker processes, isolating logs that crash PyDarshan.
+
+    darshan-util can abort or crash the interpreter on a truncated log (an assertion
+    in darshan_log_close, or a segmentation fault while reading names), so no log is
+    read in this process. When a worker dies, every log it had not finished is read
+    again alone in its own process, and the one that crashes it is reported.
+
+    Returns:
+        For each path, its contents or the LogReadError that says why it is unusable.
+    """
+    paths = [Path(path) for path in paths]
+    results: dict[Path, LogContents | LogReadError] = {}
+    if not paths:
+        return results
+    workers = workers or min(len(paths), os.cpu_count() or 1)
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_read_or_error, path): path for path in paths}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+    except BrokenProcessPool:
+        log.warning("a worker died while reading logs; reading the remaining %d logs one by one",
+                    len(paths) - len(results))
+
+    for path in paths:
+        if path in results:
+            continue
+        try:
+            with ProcessPoolExecutor(max_workers=1) as pool:
+                results[path] = pool.submit(_read_or_error, path).result()
+        except BrokenProcessPool:
+            results[path] = LogReadError(f"{path}: PyDarshan crashed while reading it (damaged or truncated log)")
+    return results
 
 
 def under_directory(files: pd.Series, directory: str | None) -> pd.Series:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from darshan_logs import LogContents, LogReadError, read_log, under_directory
+from darshan_logs import LogContents, LogReadError, read_logs, under_directory
 
 log = logging.getLogger("darshan_metrics")
 
@@ -217,6 +217,8 @@ def compute(mode: str, processes: pd.DataFrame, logs_dir: Path, info: dict, mani
         result["flags"].append("not traced")
         return result, pd.DataFrame()
 
+    readable = processes[processes["error"] == ""]
+    loaded = read_logs([logs_dir / name for name in readable["log"]])
     contents: dict[str, LogContents] = {}
     rows = []
     for row in processes.itertuples():
@@ -225,13 +227,13 @@ def compute(mode: str, processes: pd.DataFrame, logs_dir: Path, info: dict, mani
             result["flags"].append(f"unreadable log {row.log}: {base['error']}")
             rows.append(base)
             continue
-        try:
-            contents[row.log] = read_log(logs_dir / row.log)
-        except LogReadError as error:
-            base["error"] = str(error)
-            result["flags"].append(f"unreadable log {row.log}: {error}")
+        loaded_log = loaded[logs_dir / row.log]
+        if isinstance(loaded_log, LogReadError):
+            base["error"] = str(loaded_log)
+            result["flags"].append(f"unreadable log {row.log}: {loaded_log}")
             rows.append(base)
             continue
+        contents[row.log] = loaded_log
         records = contents[row.log].records
         for scope, scoped in (("all", records), ("checkpoint", records[under_directory(records["file"], checkpoint_dir)])):
             figures = file_figures(scoped)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from darshan_logs import LogContents, LogName, LogReadError, read_log, under_directory
+from darshan_logs import LogContents, LogName, LogReadError, read_logs, under_directory
 
 log = logging.getLogger("locate_logs")
 
@@ -300,17 +300,17 @@ def process_table(found: list[FoundLog], checkpoint_dir: str | None) -> pd.DataF
 
 def read_found(names: list[LogName]) -> list[FoundLog]:
     """Read every log; a damaged one keeps its row with the error instead of vanishing."""
+    contents = read_logs([name.path for name in names if not name.partial])
     found = []
     for name in names:
         entry = FoundLog(name=name)
         if name.partial:
             entry.error = "unfinished log (.darshan_partial): the process did not shut Darshan down"
+        elif isinstance(contents[name.path], LogReadError):
+            entry.error = str(contents[name.path])
+            log.error("%s", entry.error)
         else:
-            try:
-                entry.contents = read_log(name.path)
-            except LogReadError as error:
-                entry.error = str(error)
-                log.error("%s", error)
+            entry.contents = contents[name.path]
         found.append(entry)
     return found
 
