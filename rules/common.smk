@@ -18,6 +18,10 @@ sys.path.insert(0, str(SCRIPTS))
 # same packages (torch, PyDarshan) whichever environment is active.
 PYTHON = shlex.quote(sys.executable)
 
+# NOTE: the conda environment is written for --software-deployment-method conda
+# but has not been built here; the tested setup is requirements.txt in a venv.
+CONDA_ENV = "../workflow/envs/ckptio.yaml"
+
 
 def script(name):
     """Return the shell-quoted path of a script in workflow/scripts."""

@@ -8,6 +8,8 @@ checkpoint locate_logs:
         processes=str(RESULTS / "{mode}" / "darshan" / "processes.csv"),
         info=str(RESULTS / "{mode}" / "darshan" / "locate.json"),
         logs=directory(str(RESULTS / "{mode}" / "darshan" / "logs")),
+    conda:
+        CONDA_ENV
     log:
         str(LOGS / "{mode}" / "locate_logs.log"),
     params:
@@ -23,6 +25,8 @@ rule darshan_summary:
         str(RESULTS / "{mode}" / "darshan" / "logs" / "{log}.darshan"),
     output:
         str(RESULTS / "{mode}" / "darshan" / "summaries" / "{log}.html"),
+    conda:
+        CONDA_ENV
     log:
         str(LOGS / "{mode}" / "summaries" / "{log}.log"),
     benchmark:
@@ -39,6 +43,8 @@ rule darshan_metrics:
     output:
         metrics=str(RESULTS / "{mode}" / "metrics" / "metrics.json"),
         per_process=str(RESULTS / "{mode}" / "metrics" / "per_process.csv"),
+    conda:
+        CONDA_ENV
     log:
         str(LOGS / "{mode}" / "darshan_metrics.log"),
     benchmark:

@@ -8,6 +8,8 @@ rule summary_table:
     output:
         csv=str(RESULTS / "summary.csv"),
         markdown=str(RESULTS / "summary.md"),
+    conda:
+        CONDA_ENV
     log:
         str(LOGS / "summary_table.log"),
     shell:

@@ -173,7 +173,8 @@ def resolve_runtime(enabled: str | bool, configured: str | None, environ: dict[s
         log.warning(
             "Darshan runtime not found, so jobs run untraced and the Darshan columns read 'not traced'. "
             "Searched: %s. %s",
-            "; ".join(searched) or "nothing",
+            "; ".join(searched) or "nothing (darshan.library is empty, no Darshan variable is set, "
+            "no darshan-config on PATH, no LD_LIBRARY_PATH)",
             HOW_TO_PROVIDE,
         )
         return None
