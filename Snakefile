@@ -12,6 +12,7 @@ configfile: str(Path(workflow.basedir) / "config" / "config.yaml")
 
 include: "rules/common.smk"
 include: "rules/train.smk"
+include: "rules/baseline.smk"
 include: "rules/darshan.smk"
 include: "rules/report.smk"
 

@@ -34,9 +34,16 @@ def quote_arguments(arguments):
 
 import darshan_runtime  # noqa: E402
 import settings_check  # noqa: E402
+import slurm_settings  # noqa: E402
 
 
 # ---- config -----------------------------------------------------------------
+
+# A placeholder Slurm account in the profile stops the run here, before any sbatch.
+try:
+    slurm_settings.check_slurm_account(workflow)
+except slurm_settings.SlurmSettingsError as error:
+    raise WorkflowError(str(error)) from None
 
 try:
     settings_check.validate_config(config, Path(workflow.basedir) / "config" / "schema" / "config.schema.yaml")
@@ -46,8 +53,26 @@ except settings_check.ConfigError as error:
 
 MODES = list(config["modes"])
 EXISTING = dict(config.get("existing_logs") or {})
+RUN_MODES = [mode for mode in MODES if mode not in EXISTING]
 RANKS = config["launch"]["nodes"] * config["launch"]["ranks_per_node"]
 CHECKPOINT_ROOT = Path(os.path.expandvars(os.path.expanduser(config["checkpoint"]["root"]))).absolute()
+
+# Resources of a job with one task per rank: the training jobs and the storage baseline.
+# Slurm (snakemake-executor-plugin-slurm): one task per rank and, with cuda, one GPU per
+# rank (sbatch --gpus is a total); tasks_per_gpu=0 leaves --ntasks-per-gpu out. With mpi
+# the plugin runs the command in the batch script, so the job's own srun starts the only
+# step. The plugin rejects mpi for one task, so a one-rank job runs inside the plugin's
+# srun step and run_training.py passes srun --overlap. The local profile offers one
+# training slot, so these jobs never overlap there.
+RANK_JOB_RESOURCES = {
+    "nodes": config["launch"]["nodes"],
+    "tasks": RANKS,
+    "cpus_per_task": 1,
+    "gpu": RANKS if config["launch"]["device"] == "cuda" else 0,
+    "tasks_per_gpu": 0,
+    **({"mpi": "srun"} if RANKS > 1 else {}),
+    "training_slots": 1,
+}
 
 wildcard_constraints:
     mode="|".join(MODES),
@@ -142,7 +167,8 @@ def training_settings(mode):
         "model": config["model"],
         "training": config["training"],
         "launch": config["launch"],
-        "checkpoint": {"dir": str(checkpoint_dir(mode)), "fsync": config["checkpoint"]["fsync"]},
+        "checkpoint": {"dir": str(checkpoint_dir(mode)), "fsync": config["checkpoint"]["fsync"],
+                       "keep": config["checkpoint"]["keep"]},
         "darshan": darshan,
     }
 
@@ -170,5 +196,17 @@ def summary_html_of(mode):
     return [str(darshan_dir(mode) / "summaries" / f"{Path(name).stem}.html") for name in table["log"]]
 
 
+def shared_text_files():
+    """Text outputs that the redact rule copies into results/shared/ with private names replaced."""
+    files = [str(RESULTS / "summary.csv"), str(RESULTS / "summary.md")]
+    for mode in MODES:
+        files += [str(processes_path(mode)), str(darshan_dir(mode) / "locate.json"),
+                  str(metrics_path(mode)), str(metrics_path(mode).with_name("per_process.csv"))]
+    return files
+
+
 def final_outputs():
-    return [str(RESULTS / "summary.csv"), str(RESULTS / "summary.md")]
+    # REPORT_TARGETS (rules/report.smk): plots, insights and the per-log summaries of the report.
+    # results/shared contains the redacted copies that redact (rules/darshan.smk) writes when redact.enabled is true.
+    shared = [str(RESULTS / "shared")] if str(config["redact"]["enabled"]).lower() == "true" else []
+    return [str(RESULTS / "summary.csv"), str(RESULTS / "summary.md")] + REPORT_TARGETS + shared

@@ -56,3 +56,26 @@ rule darshan_metrics:
         " --mode {wildcards.mode} --processes {input.processes:q} --info {input.info:q}"
         " --logs-dir {input.logs:q} {params.manifest}"
         " --output {output.metrics:q} --per-process {output.per_process:q} > {log:q} 2>&1"
+
+
+rule redact:
+    input:
+        text=shared_text_files(),
+        logs=[str(darshan_dir(mode) / "logs") for mode in MODES],
+    output:
+        directory(str(RESULTS / "shared")),
+    conda:
+        CONDA_ENV
+    log:
+        str(LOGS / "redact.log"),
+    params:
+        results=lambda wildcards, output: os.path.dirname(output[0]),
+        terms=quote_arguments(
+            [argument for user in config["redact"]["users"] for argument in ("--user", user)]
+            + [argument for path in config["redact"]["paths"] for argument in ("--path", path)]
+        ),
+        logs=lambda wildcards, input: quote_arguments(argument for path in input.logs for argument in ("--logs-dir", path)),
+    shell:
+        f"{PYTHON} {script('redact.py')}"
+        " --results-dir {params.results:q} --output-dir {output:q} --text {input.text:q} {params.logs}"
+        " {params.terms} > {log:q} 2>&1"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import DATA, REPOSITORY, bytes_on_disk_by_rank, checkpoint_files, checkpoint_root
+from conftest import DATA, REPOSITORY, bytes_on_disk_by_rank, checkpoint_files
 
 DARSHAN_BUILD = Path("/tmp/darshan-install/lib/libdarshan.so")
 
@@ -59,7 +59,8 @@ def test_dry_run_lists_every_mode(tmp_path):
 
 
 def test_existing_logs_produce_table(tmp_path):
-    jobs = {"torch_save": "torch_save", "dcp": "dcp", "dcp_async": "dcp_async_process"}
+    jobs = {"torch_save": "torch_save", "dcp": "dcp", "dcp_async": "dcp_async_thread",
+            "dcp_async_process": "dcp_async_process"}
     config = {"existing_logs": {mode: {"logs": str(DATA / job / "logs")} for mode, job in jobs.items()}}
 
     result = run_snakemake(tmp_path, "--cores", "2", config=config)
@@ -73,10 +74,10 @@ def test_existing_logs_produce_table(tmp_path):
         on_disk = bytes_on_disk_by_rank(job)
         assert row["checkpoint_bytes_by_rank"] == " / ".join(str(on_disk.get(rank, 0)) for rank in (0, 1))
         assert int(row["checkpoints"]) == 3
-    processes = pd.read_csv(tmp_path / "results" / "dcp_async" / "darshan" / "processes.csv")
+    processes = pd.read_csv(tmp_path / "results" / "dcp_async_process" / "darshan" / "processes.csv")
     assert sorted(processes["role"]) == sorted(["launcher", "rank", "rank", "checkpoint_writer",
                                                 "checkpoint_writer", "resource_tracker", "resource_tracker"])
-    summaries = list((tmp_path / "results" / "dcp_async" / "darshan" / "summaries").glob("*.html"))
+    summaries = list((tmp_path / "results" / "dcp_async_process" / "darshan" / "summaries").glob("*.html"))
     assert len(summaries) == 2
     assert "Checkpoint I/O by mode" in result.stdout
 
@@ -94,7 +95,7 @@ def test_local_run_untraced(tmp_path):
 
     assert result.returncode == 0, result.stdout[-5000:]
     table = pd.read_csv(tmp_path / "results" / "summary.csv")
-    assert list(table["mode"]) == ["torch_save", "dcp", "dcp_async"]
+    assert list(table["mode"]) == ["torch_save", "dcp", "dcp_async", "dcp_async_process"]
     assert (table["bytes_written_checkpoint"] == "not traced").all()
     assert (table["checkpoints"] == 2).all()
     assert (table["blocking_mean_s"] > 0).all()

@@ -2,7 +2,8 @@
 
 One log is one process: the non-MPI Darshan runtime writes a log per process and
 each says ``nprocs=1`` and rank 0. A damaged log raises :class:`LogReadError`
-with the path, so the caller can flag it instead of losing it.
+with the path, what is wrong and what to do, so the caller can flag it instead
+of losing it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
+import struct
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -25,22 +28,61 @@ LOG_NAME = re.compile(
     r"(?:_\d+)?\.darshan(?P<partial>_partial)?$"
 )
 
+LOG_NAME_FORM = "<user>_<exe>_id<jobid>-<pid>_<month>-<day>-<seconds>-<hash>_<n>.darshan"
+
 # Modules whose records count bytes and time per file.
 IO_MODULES = ("POSIX", "STDIO")
 
+# The uncompressed header at the start of every log, from include/darshan-log-format.h
+# and darshan_log_get_header() in darshan-util/darshan-logutils.c of Darshan 3.5.0.
+# Format 3.41 has 64 module slots; formats 3.00 to 3.21 have 16 and a 32-bit
+# partial flag. Each layout gives where the log maps start (the name map, then
+# one map per module, each map a uint64 offset and a uint64 length), how many
+# maps there are and the size of the header.
+# NOTE: the layout of the formats before 3.41 comes from that source alone; no
+# log of those formats was at hand to check it.
+DARSHAN_MAGIC_NR = 6567223
+HEADER_LAYOUTS = {
+    "3.41": (32, 1 + 64, 1328),
+    "3.00": (24, 1 + 16, 360),
+    "3.10": (24, 1 + 16, 360),
+    "3.20": (24, 1 + 16, 360),
+    "3.21": (24, 1 + 16, 360),
+}
+COMPRESSED_FILE_MAGIC = {b"\x1f\x8b": "gzip (run gunzip on it)", b"BZh": "bzip2 (run bunzip2 on it)",
+                         b"\xfd7zXZ": "xz (run unxz on it)", b"\x28\xb5\x2f\xfd": "zstd (run unzstd on it)"}
+NOT_A_LOG_FIX = "Remove it from the log directory, or put the original .darshan file in its place."
+TRUNCATED_FIX = ("Copy it again from where Darshan wrote it. If the original is short too, the process "
+                 "was killed while Darshan wrote the log and its records are lost.")
+
 
 class LogReadError(RuntimeError):
-    """Raised when PyDarshan cannot read a log file."""
+    """Raised when a log file cannot be read; ``reason`` gives the cause and the fix, without the path."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+    def __reduce__(self):
+        # Worker processes send the error back pickled; keep both arguments.
+        return (type(self), (self.path, self.reason))
 
 
 @dataclass
 class LogName:
-    """What a Darshan log's file name says about the process that wrote it."""
+    """What a Darshan log's file name says about the process that wrote it.
+
+    ``jobid`` and ``pid`` are None for a file whose name is not a Darshan log
+    name, and ``problem`` is set for a directory entry that cannot be read as a
+    log at all (a directory that cannot be listed).
+    """
 
     path: Path
-    jobid: int
-    pid: int
+    jobid: int | None
+    pid: int | None
     partial: bool
+    problem: str | None = None
 
     @classmethod
     def parse(cls, path: Path) -> "LogName | None":
@@ -49,6 +91,16 @@ class LogName:
         if not match:
             return None
         return cls(path=path, jobid=int(match["jobid"]), pid=int(match["pid"]), partial=bool(match["partial"]))
+
+    @classmethod
+    def unnamed(cls, path: Path, problem: str | None = None) -> "LogName":
+        """Describe a directory entry that looks like a log but has no Darshan log name."""
+        return cls(path=path, jobid=None, pid=None, partial=False, problem=problem)
+
+    @property
+    def is_darshan_name(self) -> bool:
+        """Whether the file name has the form Darshan gives its logs."""
+        return self.pid is not None
 
 
 @dataclass
@@ -89,6 +141,20 @@ POSIX_ONLY_COUNTERS = (
 )
 
 
+def empty_records() -> pd.DataFrame:
+    """Return a records table with no rows and every column a log can give.
+
+    A log without POSIX or STDIO records still yields these columns, so sums
+    over it are zero instead of a missing column.
+    """
+    columns = ["module", "file", "id", "rank", *COMMON_COUNTERS, *POSIX_ONLY_COUNTERS, *COMMON_FCOUNTERS]
+    table = pd.DataFrame({column: pd.Series(dtype="float64") for column in columns})
+    table["module"] = table["module"].astype("object")
+    table["file"] = table["file"].astype("object")
+    table["id"] = table["id"].astype("uint64")
+    return table
+
+
 def _module_table(report, module: str) -> pd.DataFrame:
     frames = report.records[module].to_df()
     counters = frames["counters"]
@@ -106,21 +172,112 @@ def _module_table(report, module: str) -> pd.DataFrame:
     return table
 
 
+def _file_kind(mode: int) -> str:
+    """Name the kind of a directory entry that is not a regular file."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _open_header(path: Path, size: int) -> bytes:
+    """Read the first bytes of a log, raising LogReadError when the file cannot be opened."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(min(size, 4096))
+    except PermissionError as error:
+        raise LogReadError(path, (
+            f"cannot be read by this user ({error.strerror}). Darshan writes each log readable by its owner only "
+            "(mode 0400): ask the owner to run `chmod a+r` on it, or copy the logs as their owner"
+        )) from error
+    except OSError as error:
+        raise LogReadError(path, f"cannot be opened ({error.strerror or error})") from error
+
+
+def check_log_file(path: Path) -> None:
+    """Check that a file is a complete Darshan log before darshan-util opens it.
+
+    darshan-util aborts or crashes on some damaged files and reads others without
+    an error: a log missing only its last bytes yields fewer records and no
+    warning. So this reads the uncompressed header itself and checks the format
+    version, the magic number and that every region the header maps lies inside
+    the file. It opens only regular files, so a named pipe cannot block it.
+
+    Raises:
+        LogReadError: the file is missing, not a regular file, unreadable, empty,
+            not a Darshan log, of a format darshan-util cannot read, or truncated.
+    """
+    path = Path(path)
+    size = _regular_file_size(path)
+    _check_header(path, _open_header(path, size), size)
+
+
+def _regular_file_size(path: Path) -> int:
+    """Return the size of a non-empty regular file, raising LogReadError for anything else."""
+    try:
+        status = path.stat()
+    except FileNotFoundError as error:
+        if path.is_symlink():
+            raise LogReadError(path, f"dangling symbolic link to {os.readlink(path)}. "
+                               "Point it at the log file or remove it") from error
+        raise LogReadError(path, "not found: it was removed after the logs were listed. Run the workflow again") from error
+    except PermissionError as error:
+        raise LogReadError(path, f"a directory above it cannot be searched by this user ({error.strerror}). "
+                           "Make the directories readable (`chmod a+rx`) or copy the logs elsewhere") from error
+    if not stat.S_ISREG(status.st_mode):
+        raise LogReadError(path, f"{_file_kind(status.st_mode)}, not a Darshan log file. {NOT_A_LOG_FIX}")
+    if status.st_size == 0:
+        raise LogReadError(path, (
+            "empty file, not a Darshan log. The process was killed while Darshan created the log, or a copy "
+            "failed: copy it again, or rerun the job"
+        ))
+    return status.st_size
+
+
+def _check_header(path: Path, head: bytes, size: int) -> None:
+    """Check the format version, the magic number and the log maps of a log's first bytes."""
+    compressed = next((what for magic, what in COMPRESSED_FILE_MAGIC.items() if head.startswith(magic)), None)
+    if compressed:
+        raise LogReadError(path, f"not a Darshan log but a file compressed with {compressed}")
+    version = head[:8].split(b"\0")[0].decode("ascii", "replace")
+    if not re.fullmatch(r"\d+\.\d+", version):
+        raise LogReadError(path, f"not a Darshan log: it does not begin with a Darshan log format version. {NOT_A_LOG_FIX}")
+    if version not in HEADER_LAYOUTS:
+        raise LogReadError(path, (
+            f"Darshan log format {version}, which this PyDarshan cannot read (it reads {', '.join(HEADER_LAYOUTS)}). "
+            "Install the PyDarshan release that matches the Darshan runtime that wrote it"
+        ))
+
+    maps_offset, map_count, header_size = HEADER_LAYOUTS[version]
+    if size < header_size:
+        raise LogReadError(path, (
+            f"truncated: {size:,} bytes, shorter than the {header_size:,}-byte header of "
+            f"Darshan log format {version}. {TRUNCATED_FIX}"
+        ))
+    byte_order = next((order for order in "<>" if struct.unpack_from(f"{order}q", head, 8)[0] == DARSHAN_MAGIC_NR), None)
+    if byte_order is None:
+        raise LogReadError(path, f"not a Darshan log: its header has no Darshan magic number. {NOT_A_LOG_FIX}")
+    maps = struct.unpack_from(f"{byte_order}{2 * map_count}Q", head, maps_offset)
+    data_end = max((offset + length for offset, length in zip(maps[::2], maps[1::2]) if length), default=header_size)
+    if data_end > size:
+        raise LogReadError(path, (
+            f"truncated: its header maps data up to byte {data_end:,} but the file has {size:,} bytes. {TRUNCATED_FIX}"
+        ))
+
+
 def read_log(path: Path) -> LogContents:
-    """Read one Darshan log with PyDarshan.
+    """Read one Darshan log with PyDarshan, after checking that it is a complete log.
 
     Raises:
         LogReadError: the file is empty, truncated, not a Darshan log or unreadable.
     """
     path = Path(path)
+    check_log_file(path)
     try:
-        if path.stat().st_size == 0:
-            raise LogReadError(f"{path}: empty file, not a Darshan log")
         return _read_report(path)
     except LogReadError:
         raise
     except Exception as error:  # PyDarshan raises RuntimeError, ValueError, KeyError or OSError for damaged logs.
-        raise LogReadError(f"{path}: cannot be read by PyDarshan ({type(error).__name__}: {error})") from error
+        raise LogReadError(path, f"cannot be read by PyDarshan ({type(error).__name__}: {error}). {TRUNCATED_FIX}") from error
 
 
 def _read_report(path: Path) -> LogContents:
@@ -134,13 +291,13 @@ def _read_report(path: Path) -> LogContents:
             # A truncated log lists the module but yields no records (darshan-util prints
             # the error to stderr and PyDarshan returns what it has).
             if report.modules[module].get("num_records", 1) and not len(report.records[module]):
-                raise LogReadError(f"{path}: module {module} lists records but none could be read (truncated log?)")
+                raise LogReadError(path, f"module {module} lists records but none could be read. {TRUNCATED_FIX}")
 
     job = report.metadata["job"]
     tables = [_module_table(report, module) for module in IO_MODULES if module in report.records]
-    records = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["module", "file", "id"])
+    records = pd.concat(tables, ignore_index=True) if tables else empty_records()
     if len(records) and records["file"].isna().all():
-        raise LogReadError(f"{path}: file names could not be read (truncated log?)")
+        raise LogReadError(path, f"file names could not be read. {TRUNCATED_FIX}")
     posix = report.records["POSIX"].to_df() if "POSIX" in report.records else None
     partial = [name for name, info in report.modules.items() if info.get("partial_flag")]
     start_s = job["start_time_sec"] + job.get("start_time_nsec", 0) / 1e9
@@ -200,7 +357,7 @@ def read_logs(paths: list[Path], workers: int | None = None) -> dict[Path, "LogC
             with ProcessPoolExecutor(max_workers=1) as pool:
                 results[path] = pool.submit(_read_or_error, path).result()
         except BrokenProcessPool:
-            results[path] = LogReadError(f"{path}: PyDarshan crashed while reading it (damaged or truncated log)")
+            results[path] = LogReadError(path, f"PyDarshan crashed while reading it (damaged log). {TRUNCATED_FIX}")
     return results
 
 

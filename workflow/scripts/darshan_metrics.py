@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from darshan_logs import LogContents, LogReadError, read_logs, under_directory
+from darshan_logs import LogContents, LogReadError, empty_records, read_logs, under_directory
 
 log = logging.getLogger("darshan_metrics")
 
@@ -88,7 +88,8 @@ def slowest_rank_figures(posix_parts: list[tuple[int, dict]], nprocs: int) -> di
 
     counters = [part["counters"].assign(rank=rank) for rank, part in posix_parts if len(part["counters"])]
     if not counters:
-        return {"slowest_rank_io_time_s": 0.0, "slowest_rank": None, "bandwidth_by_slowest_mib_per_s": None}
+        return {"slowest_rank_io_time_s": 0.0, "slowest_rank_meta_time_s": 0.0, "slowest_rank": None,
+                "bandwidth_by_slowest_mib_per_s": None}
     fcounters = [part["fcounters"].assign(rank=rank) for rank, part in posix_parts if len(part["counters"])]
     combined = {"counters": pd.concat(counters, ignore_index=True), "fcounters": pd.concat(fcounters, ignore_index=True)}
     derived = accumulate_records(combined, "POSIX", nprocs).derived_metrics
@@ -171,7 +172,7 @@ def imbalance(values: pd.Series) -> float | None:
 
 
 def application_figures(manifest: dict | None) -> dict:
-    """Summarise the training job's own timing of its checkpoints."""
+    """Summarise the training job's own timing of its checkpoints and of the restore of the last one."""
     if not manifest or not manifest.get("checkpoints"):
         return {}
     checkpoints = manifest["checkpoints"]
@@ -196,11 +197,114 @@ def application_figures(manifest: dict | None) -> dict:
         "completion_mean_s": mean_completion,
         "blocking_throughput_mib_per_s": mean_size / MIB / mean_blocking if mean_blocking > 0 else None,
         "completion_throughput_mib_per_s": mean_size / MIB / mean_completion if mean_completion > 0 else None,
+        **restore_figures(manifest),
     }
 
 
+def restore_figures(manifest: dict) -> dict:
+    """Summarise the restore of the last checkpoint: slowest rank's load time, bytes, page cache and integrity.
+
+    Manifests written before the job restored anything give None for each figure.
+    """
+    restore = manifest.get("restore") or {}
+    load_s = restore.get("load_max_s")
+    restored = restore.get("bytes")
+    page_cache = restore.get("page_cache") or {}
+    if not page_cache:
+        cache_state = None
+    elif page_cache.get("dropped"):
+        cache_state = "dropped"
+    else:
+        cache_state = f"not dropped ({page_cache.get('resident_bytes_after', 0)} bytes stayed resident)"
+    return {
+        "restore_load_max_s": load_s,
+        "restore_bytes": restored,
+        "restore_throughput_mib_per_s": restored / MIB / load_s if restored and load_s else None,
+        "restore_page_cache": cache_state,
+        "integrity": manifest.get("integrity"),
+    }
+
+
+def process_rows(processes: pd.DataFrame, logs_dir: Path, checkpoint_dir: str | None,
+                 flags: list[str]) -> tuple[dict[str, LogContents], list[dict]]:
+    """Read the usable logs and build one per-process row for every log in processes.csv.
+
+    A log that locate_logs could not use, or that cannot be read now, keeps its
+    row with the error and adds a flag, so that the table shows it was left out.
+    """
+    errors = processes["error"].fillna("") if "error" in processes else pd.Series("", index=processes.index)
+    loaded = read_logs([logs_dir / name for name in processes.loc[errors == "", "log"]])
+    contents: dict[str, LogContents] = {}
+    left_out: dict[str, list[str]] = {}
+    rows = []
+    for row, error in zip(processes.itertuples(), errors):
+        base = {"log": row.log, "pid": row.pid, "role": row.role, "rank": row.rank, "error": error}
+        loaded_log = loaded.get(logs_dir / row.log)
+        if isinstance(loaded_log, LogReadError):
+            base["error"] = loaded_log.reason
+        if base["error"]:
+            left_out.setdefault(base["error"], []).append(row.log)
+            rows.append(base)
+            continue
+        contents[row.log] = loaded_log
+        records = loaded_log.records
+        for scope, scoped in (("all", records), ("checkpoint", records[under_directory(records["file"], checkpoint_dir)])):
+            figures = file_figures(scoped)
+            base.update({f"{scope}_{key}": value for key, value in figures.items() if key != "common_access_sizes"})
+        base["partial_modules"] = ",".join(loaded_log.partial_modules)
+        flags.extend(log_flags(row.log, loaded_log))
+        rows.append(base)
+    flags.extend(left_out_flags(left_out))
+    return contents, rows
+
+
+def left_out_flags(left_out: dict[str, list[str]]) -> list[str]:
+    """Flag the logs left out, one flag per reason, so that many logs with one problem make one flag."""
+    flags = []
+    for reason, names in left_out.items():
+        what = f"log {names[0]}" if len(names) == 1 else f"{len(names)} logs ({', '.join(names)})"
+        flags.append(f"{what} left out: {reason}")
+    return flags
+
+
+def log_flags(name: str, contents: LogContents) -> list[str]:
+    """Flag a readable log whose records are incomplete: a partial module, or no POSIX module."""
+    flags = []
+    if contents.partial_modules:
+        flags.append(
+            f"partial {','.join(contents.partial_modules)} in {name}: records were dropped; raise MAX_RECORDS "
+            "(darshan.max_records) or MODMEM in the Darshan config file"
+        )
+    if contents.posix is None:
+        flags.append(
+            f"no POSIX module in {name}: its reads and writes through file descriptors were not traced and it "
+            "has no part in the slowest-rank time and bandwidth. Trace with POSIX enabled (remove POSIX from "
+            "DARSHAN_MOD_DISABLE and MOD_DISABLE in the Darshan config file)"
+        )
+    return flags
+
+
+def coverage_flags(info: dict, checkpoint_dir: str | None, logs: int, checkpoint_bytes: int) -> list[str]:
+    """Flag a mode without checkpoint figures: no logs, no checkpoint directory or no checkpoint I/O."""
+    searched = ", ".join(info.get("searched") or []) or "no directory"
+    if logs == 0:
+        return [f"no Darshan logs found in {searched}; check that the job ran with Darshan and that the "
+                "directory is the one it wrote its logs to"]
+    if not checkpoint_dir:
+        return ["no checkpoint directory: no log wrote a checkpoint file (.distcp, .metadata, .pt, ...); set "
+                "existing_logs.<mode>.checkpoint_dir to the directory the job checkpointed into"]
+    if checkpoint_bytes == 0:
+        return [f"no checkpoint I/O recorded under {checkpoint_dir}"]
+    return []
+
+
 def compute(mode: str, processes: pd.DataFrame, logs_dir: Path, info: dict, manifest: dict | None) -> tuple[dict, pd.DataFrame]:
-    """Compute the mode's metrics and the per-process table."""
+    """Compute the mode's metrics and the per-process table.
+
+    Every log in ``processes`` keeps a row in the per-process table. One that
+    cannot be used, and a mode with no logs or no checkpoint I/O, is named in
+    ``flags`` instead of changing the figures without a word.
+    """
     checkpoint_dir = info.get("checkpoint_dir")
     result: dict = {
         "mode": mode,
@@ -217,47 +321,22 @@ def compute(mode: str, processes: pd.DataFrame, logs_dir: Path, info: dict, mani
         result["flags"].append("not traced")
         return result, pd.DataFrame()
 
-    readable = processes[processes["error"] == ""]
-    loaded = read_logs([logs_dir / name for name in readable["log"]])
-    contents: dict[str, LogContents] = {}
-    rows = []
-    for row in processes.itertuples():
-        base = {"log": row.log, "pid": row.pid, "role": row.role, "rank": row.rank, "error": row.error if isinstance(row.error, str) else ""}
-        if base["error"]:
-            result["flags"].append(f"unreadable log {row.log}: {base['error']}")
-            rows.append(base)
-            continue
-        loaded_log = loaded[logs_dir / row.log]
-        if isinstance(loaded_log, LogReadError):
-            base["error"] = str(loaded_log)
-            result["flags"].append(f"unreadable log {row.log}: {loaded_log}")
-            rows.append(base)
-            continue
-        contents[row.log] = loaded_log
-        records = contents[row.log].records
-        for scope, scoped in (("all", records), ("checkpoint", records[under_directory(records["file"], checkpoint_dir)])):
-            figures = file_figures(scoped)
-            base.update({f"{scope}_{key}": value for key, value in figures.items() if key != "common_access_sizes"})
-        base["partial_modules"] = ",".join(contents[row.log].partial_modules)
-        if contents[row.log].partial_modules:
-            result["flags"].append(
-                f"partial {base['partial_modules']} in {row.log}: records were dropped; raise MAX_RECORDS "
-                "(darshan.max_records) or MODMEM in the Darshan config file"
-            )
-        rows.append(base)
+    contents, rows = process_rows(processes, logs_dir, checkpoint_dir, result["flags"])
     per_process = pd.DataFrame(rows)
 
-    labels, nprocs = accumulation_ranks(processes[processes["log"].isin(list(contents))])
-    ranks = processes["rank"].dropna()
-    result["ranks"] = int(ranks[processes["role"] == "rank"].nunique()) if len(ranks) else 0
+    used = processes[processes["log"].isin(list(contents))]
+    labels, nprocs = accumulation_ranks(used)
+    ranks = processes.loc[processes["role"] == "rank", "rank"].dropna()
+    result["ranks"] = int(ranks.nunique())
     result["logs"] = int(len(processes))
     result["unreadable_logs"] = int(len(processes) - len(contents))
     result["roles"] = {role: int(count) for role, count in processes["role"].value_counts().items()}
 
-    all_records = pd.concat([c.records for c in contents.values()], ignore_index=True) if contents else pd.DataFrame(columns=["module", "file"])
+    tables = [c.records for c in contents.values() if len(c.records)]
+    all_records = pd.concat(tables, ignore_index=True) if tables else empty_records()
     for scope in SCOPES:
         scoped = all_records if scope == "all" else all_records[under_directory(all_records["file"], checkpoint_dir)]
-        figures = file_figures(scoped) if len(scoped) else file_figures(all_records.iloc[0:0])
+        figures = file_figures(scoped)
         parts = []
         for name, log_contents in contents.items():
             subset = log_contents.posix if scope == "all" else posix_subset(log_contents, checkpoint_dir)
@@ -267,12 +346,11 @@ def compute(mode: str, processes: pd.DataFrame, logs_dir: Path, info: dict, mani
         result[scope] = figures
 
     result["checkpoints_written"] = checkpoints_written(all_records, checkpoint_dir)
-    per_rank = rank_table(processes[processes["log"].isin(list(contents))], contents, checkpoint_dir)
+    per_rank = rank_table(used, contents, checkpoint_dir)
     result["per_rank"] = per_rank.to_dict(orient="records")
     result["rank_imbalance_bytes"] = imbalance(per_rank["checkpoint_bytes_written"])
     result["rank_imbalance_time"] = imbalance(per_rank["checkpoint_write_time_s"])
-    if result["checkpoint"]["bytes_written"] == 0:
-        result["flags"].append(f"no checkpoint I/O recorded under {checkpoint_dir}")
+    result["flags"] += coverage_flags(info, checkpoint_dir, len(processes), result["checkpoint"]["bytes_written"])
     return result, per_process
 
 

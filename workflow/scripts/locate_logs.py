@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from darshan_logs import LogContents, LogName, LogReadError, read_logs, under_directory
+from darshan_logs import LOG_NAME_FORM, LogContents, LogName, LogReadError, read_logs, under_directory
 
 log = logging.getLogger("locate_logs")
 
@@ -35,6 +35,11 @@ DCP_SHARD = re.compile(r"/__(?P<rank>\d+)_\d+\.distcp$")
 COORDINATOR_FILE = re.compile(r"/\.metadata(\.tmp)?$")
 CHECKPOINT_SUFFIXES = (".distcp", ".pt", ".pth", ".ckpt", ".safetensors")
 STEP_DIRECTORY = re.compile(r"/step_\d+$")
+# Directory entries whose name contains this are treated as Darshan logs, so that
+# a damaged or renamed log is listed, while README.txt and the like are ignored.
+LOG_LIKE = ".darshan"
+# Seconds of clock difference allowed when a log's run is compared with the job's.
+CLOCK_SLACK_S = 10.0
 
 COLUMNS = [
     "log", "source", "pid", "jobid", "role", "rank", "rank_source", "exe",
@@ -47,6 +52,10 @@ class MissingLogError(RuntimeError):
     """Raised when a process that wrote checkpoint data left no Darshan log."""
 
 
+class ManifestError(ValueError):
+    """Raised when a manifest is not valid JSON or lacks what locating the logs needs."""
+
+
 @dataclass
 class FoundLog:
     """A log file that belongs to the job, with what could be read from it."""
@@ -57,6 +66,11 @@ class FoundLog:
     role: str = "other"
     rank: int | None = None
     rank_source: str = ""
+
+    @property
+    def usable(self) -> bool:
+        """Whether the log was read and belongs in this job's figures."""
+        return self.contents is not None and not self.error
 
 
 # ---- where to look ------------------------------------------------------------
@@ -83,18 +97,34 @@ def dated_directories(base: Path, start: dt.datetime, end: dt.datetime) -> list[
 
 
 def scan(directories: list[Path], recursive: bool = False) -> list[LogName]:
-    """List every Darshan log name in the directories (final and ``_partial``)."""
-    found = []
+    """List every entry in the directories that looks like a Darshan log.
+
+    Final logs and ``.darshan_partial`` ones come with the job id and PID of
+    their name. Entries whose name contains ``.darshan`` but is not a Darshan
+    log name, and those that are not regular files (a dangling link, a named
+    pipe), are listed too, so that the caller can report them instead of losing
+    them. A directory that cannot be listed is listed with its problem, because
+    logs in it would otherwise be missed without a word. Directories that do not
+    exist are skipped: the dated ones often do not.
+    """
+    found: list[LogName] = []
     for directory in directories:
         if not directory.is_dir():
             continue
-        pattern = "**/*.darshan*" if recursive else "*.darshan*"
-        for path in sorted(directory.glob(pattern)):
-            name = LogName.parse(path)
-            if name is not None and path.is_file():
-                found.append(name)
-            elif path.is_file():
-                log.warning("ignoring %s: not a Darshan log file name (<user>_<exe>_id<jobid>-<pid>_...)", path)
+        failures: list[OSError] = []
+        for root, subdirectories, files in os.walk(directory, onerror=failures.append):
+            subdirectories.sort()
+            for file_name in sorted(files):
+                if LOG_LIKE in file_name:
+                    path = Path(root) / file_name
+                    found.append(LogName.parse(path) or LogName.unnamed(path))
+            if not recursive:
+                break
+        for failure in failures:
+            found.append(LogName.unnamed(Path(failure.filename), (
+                f"directory cannot be listed ({failure.strerror}), so logs in it were not searched. "
+                "Make it readable (`chmod a+rx`) or copy its logs to a directory you can read"
+            )))
     return found
 
 
@@ -111,10 +141,13 @@ def belongs_to_job(name: LogName, manifest: dict, own_directory: Path | None) ->
     A log in the job's own log directory belongs to it. Elsewhere (a site's shared
     log directory) a log belongs to it when its Darshan job id is the Slurm job id,
     or when its PID is one the job recorded and its job id is that PID (Darshan's
-    job id without a scheduler).
+    job id without a scheduler). An entry without a Darshan log name belongs to
+    the job only in its own directory.
     """
-    if own_directory is not None and own_directory in name.path.parents:
+    if own_directory is not None and (name.path == own_directory or own_directory in name.path.parents):
         return True
+    if not name.is_darshan_name:
+        return False
     job_id = manifest.get("job_id")
     if job_id is not None and str(name.jobid) == str(job_id):
         return True
@@ -149,10 +182,14 @@ def wait_for_logs(search: list[Path], manifest: dict, own_directory: Path | None
     required = required_processes(manifest)
     deadline = time.monotonic() + wait_s
     while True:
-        names = [n for n in scan(search) if belongs_to_job(n, manifest, own_directory)]
-        finished = {n.pid for n in names if not n.partial}
+        scanned = scan(search)
+        names = [n for n in scanned if belongs_to_job(n, manifest, own_directory)]
+        finished = {n.pid for n in names if not n.partial and n.is_darshan_name}
         waiting = [pid for pid in required if pid not in finished]
         if not waiting or time.monotonic() >= deadline:
+            for stray in (n for n in scanned if not n.is_darshan_name and n not in names):
+                log.warning("ignoring %s in a shared log directory: %s", stray.path,
+                            stray.problem or f"not a Darshan log name ({LOG_NAME_FORM})")
             return names
         log.info("waiting for the logs of PIDs %s", waiting)
         time.sleep(poll_s)
@@ -199,7 +236,7 @@ def infer_roles(found: list[FoundLog], checkpoint_dir: str | None) -> None:
     A rank number comes from the DCP shard names a process wrote; ranks that wrote
     none get the remaining numbers in PID order.
     """
-    readable = [entry for entry in found if entry.contents is not None]
+    readable = [entry for entry in found if entry.usable]
     launchers = [e for e in readable if LAUNCHER_EXE.search(e.contents.exe)]
     trackers = [e for e in readable if TRACKER_EXE.search(e.contents.exe)]
     children = [e for e in readable if CHILD_EXE.search(e.contents.exe) and e not in trackers]
@@ -239,7 +276,7 @@ def infer_checkpoint_dir(found: list[FoundLog]) -> str | None:
     """Guess the checkpoint directory from the checkpoint-like files the logs wrote."""
     parents: set[str] = set()
     for entry in found:
-        if entry.contents is None:
+        if not entry.usable:
             continue
         records = entry.contents.records
         written = records[records["BYTES_WRITTEN"].fillna(0) > 0]["file"].dropna()
@@ -257,7 +294,13 @@ def infer_checkpoint_dir(found: list[FoundLog]) -> str | None:
 
 # ---- output -----------------------------------------------------------------------
 
+def moment_text(seconds: float) -> str:
+    """Format seconds since the epoch for a message, to the second."""
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def utc_text(seconds: float | None) -> str:
+    """Format seconds since the epoch as ISO 8601 UTC, or "" for None."""
     if seconds is None:
         return ""
     return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
@@ -293,26 +336,252 @@ def process_table(found: list[FoundLog], checkpoint_dir: str | None) -> pd.DataF
             "error": entry.error or "",
         })
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table["rank"] = table["rank"].astype("Int64")
+    for column in ("rank", "pid", "jobid"):
+        table[column] = table[column].astype("Int64")
     role_order = {role: index for index, role in enumerate(ROLES)}
     return table.sort_values(by=["role", "rank", "pid"], key=lambda c: c.map(role_order) if c.name == "role" else c).reset_index(drop=True)
 
 
-def read_found(names: list[LogName]) -> list[FoundLog]:
-    """Read every log; a damaged one keeps its row with the error instead of vanishing."""
-    contents = read_logs([name.path for name in names if not name.partial])
-    found = []
-    for name in names:
-        entry = FoundLog(name=name)
-        if name.partial:
-            entry.error = "unfinished log (.darshan_partial): the process did not shut Darshan down"
-        elif isinstance(contents[name.path], LogReadError):
-            entry.error = str(contents[name.path])
-            log.error("%s", entry.error)
+PARTIAL_ERROR = (
+    "unfinished log (.darshan_partial): the process stopped while Darshan wrote its log, or is still "
+    "running. If the job has ended, the process was killed and its I/O is lost: rerun the job"
+)
+
+
+def renamed_log_error(contents: LogContents) -> str:
+    """Describe a readable Darshan log whose file name is not the one Darshan gave it."""
+    return (
+        f"a Darshan log (Darshan job id {contents.jobid}, command {contents.exe.split(' ')[0] or 'unknown'}) "
+        f"whose file name is not a Darshan log name ({LOG_NAME_FORM}), so its process cannot be "
+        "identified. Give it back the name Darshan gave it"
+    )
+
+
+def duplicate_names(names: list[LogName]) -> dict[int, Path]:
+    """Map the index of each log whose file name was seen before to the first path with that name.
+
+    Logs are copied into one flat directory by name, so a second copy of one log
+    (the same name in two subdirectories) would be counted twice or overwrite it.
+    """
+    first: dict[str, Path] = {}
+    duplicates: dict[int, Path] = {}
+    for index, name in enumerate(names):
+        if name.path.name in first:
+            duplicates[index] = first[name.path.name]
         else:
-            entry.contents = contents[name.path]
+            first[name.path.name] = name.path
+    return duplicates
+
+
+def read_found(names: list[LogName]) -> list[FoundLog]:
+    """Read every log; a damaged or stray one keeps its row with the error instead of vanishing.
+
+    A ``.darshan_partial`` log, an entry that could not be listed and a second
+    copy of a log are not read. An entry without a Darshan log name is read only
+    to say whether it is a renamed log or not a log at all.
+    """
+    duplicates = duplicate_names(names)
+    to_read = [name.path for index, name in enumerate(names)
+               if not name.partial and not name.problem and index not in duplicates]
+    contents = read_logs(to_read)
+    found = []
+    for index, name in enumerate(names):
+        entry = FoundLog(name=name)
+        result = contents.get(name.path)
+        if name.problem:
+            entry.error = name.problem
+        elif name.partial:
+            entry.error = PARTIAL_ERROR
+        elif index in duplicates:
+            entry.error = (f"the same file name as {duplicates[index]}: a second copy of one log, left out so that "
+                           "its I/O is not counted twice. Keep one copy")
+        elif isinstance(result, LogReadError):
+            entry.error = result.reason
+        elif not name.is_darshan_name:
+            entry.error = renamed_log_error(result)
+        else:
+            entry.contents = result
+        if entry.error:
+            log.error("%s: %s", name.path, entry.error)
         found.append(entry)
     return found
+
+
+# ---- logs of other jobs --------------------------------------------------------------
+
+def scheduler_job_id(entry: FoundLog) -> int | None:
+    """Return the scheduler's job id in a log's name; None when Darshan used the PID (no scheduler)."""
+    if entry.name.jobid is None or entry.name.jobid == entry.name.pid:
+        return None
+    return entry.name.jobid
+
+
+def job_window(manifest: dict) -> tuple[float, float] | None:
+    """Return the job's start and end from the manifest in seconds since the epoch, or None when absent.
+
+    Raises:
+        ManifestError: a time is there but not ISO 8601.
+    """
+    if not manifest.get("start_utc") or not manifest.get("end_utc"):
+        return None
+    try:
+        return tuple(dt.datetime.fromisoformat(str(manifest[key]).replace("Z", "+00:00")).timestamp()
+                     for key in ("start_utc", "end_utc"))
+    except ValueError as error:
+        raise ManifestError(f"start_utc or end_utc of the manifest is not an ISO 8601 time ({error})") from None
+
+
+def flag_other_jobs_by_manifest(found: list[FoundLog], manifest: dict) -> None:
+    """Flag the logs in the job's directories that another job wrote.
+
+    A log whose PID the manifest records is the job's. Any other log (a data
+    loader worker, a compile worker) is the job's when its process ran during the
+    job and, under a scheduler, when its Darshan job id is the job's.
+    """
+    pids = manifest_pids(manifest)
+    window = job_window(manifest)
+    job_id = manifest.get("job_id")
+    for entry in found:
+        if not entry.usable or entry.name.pid in pids:
+            continue
+        start, end = entry.contents.start_s, entry.contents.end_s
+        other_id = scheduler_job_id(entry)
+        if job_id is not None and other_id is not None and str(other_id) != str(job_id):
+            entry.error = (f"log of another job: its Darshan job id is {other_id} and this job's is {job_id}. "
+                           "Keep only this job's logs in its log directory")
+        elif window is not None and (end < window[0] - CLOCK_SLACK_S or start > window[1] + CLOCK_SLACK_S):
+            entry.error = (f"log of another job: its process ran {moment_text(start)} to {moment_text(end)}, outside "
+                           f"this job's run {moment_text(window[0])} to {moment_text(window[1])} in the manifest. "
+                           "Keep only this job's logs in its log directory")
+        if entry.error:
+            log.error("%s: %s", entry.name.path, entry.error)
+
+
+def split_jobs(entries: list[FoundLog]) -> list[list[FoundLog]]:
+    """Group readable logs into jobs: by the scheduler's job id, else by overlapping run times.
+
+    Without a scheduler every log's job id is its own PID, so the processes of
+    one job are those whose runs overlap: the launcher runs from before its
+    ranks start until after they end.
+    NOTE: two jobs that ran at the same time without a scheduler form one group.
+    """
+    groups: dict[object, list[FoundLog]] = {}
+    timed = []
+    for entry in entries:
+        job_id = scheduler_job_id(entry)
+        if job_id is None:
+            timed.append(entry)
+        else:
+            groups.setdefault(("job id", job_id), []).append(entry)
+    group_end = None
+    for entry in sorted(timed, key=lambda e: e.contents.start_s):
+        if group_end is None or entry.contents.start_s > group_end + CLOCK_SLACK_S:
+            key = ("time", entry.contents.start_s)
+            groups[key] = []
+            group_end = entry.contents.end_s
+        groups[key].append(entry)
+        group_end = max(group_end, entry.contents.end_s)
+    return list(groups.values())
+
+
+def checkpoint_like_bytes(entries: list[FoundLog], checkpoint_dir: str | None) -> int:
+    """Sum the bytes the logs wrote to checkpoint files: under ``checkpoint_dir``, else by file name."""
+    total = 0
+    for entry in entries:
+        records = entry.contents.records
+        written = records[records["BYTES_WRITTEN"].fillna(0) > 0]
+        if checkpoint_dir:
+            mask = under_directory(written["file"], checkpoint_dir)
+        else:
+            files = written["file"].fillna("")
+            mask = files.str.endswith(CHECKPOINT_SUFFIXES) | files.map(lambda file: bool(COORDINATOR_FILE.search(file)))
+        total += int(written.loc[mask, "BYTES_WRITTEN"].sum())
+    return total
+
+
+def describe_job(entries: list[FoundLog]) -> str:
+    """Name a group of logs for a message: its scheduler job id, else when its processes ran."""
+    job_id = scheduler_job_id(entries[0])
+    if job_id is not None:
+        return f"Darshan job id {job_id}"
+    start = min(e.contents.start_s for e in entries)
+    end = max(e.contents.end_s for e in entries)
+    return f"the processes that ran {moment_text(start)} to {moment_text(end)}"
+
+
+def flag_other_jobs_by_time(found: list[FoundLog], checkpoint_dir: str | None) -> None:
+    """Keep one job's logs when a directory without a manifest contains logs of several jobs.
+
+    The job that wrote the most checkpoint data is kept, the latest one on a tie.
+    The logs of every other job get an error that names both jobs.
+    """
+    groups = split_jobs([entry for entry in found if entry.usable])
+    if len(groups) < 2:
+        return
+    kept = max(groups, key=lambda g: (checkpoint_like_bytes(g, checkpoint_dir), max(e.contents.start_s for e in g)))
+    for group in groups:
+        if group is kept:
+            continue
+        for entry in group:
+            entry.error = (
+                f"log of another job ({describe_job(group)}, {len(group)} logs) in the same directory: this mode "
+                f"uses {describe_job(kept)}, the job that wrote the most checkpoint data (the latest on a tie). "
+                "Give each mode a directory with the logs of one job"
+            )
+            log.error("%s: %s", entry.name.path, entry.error)
+
+
+def find_names(manifest: dict | None, logs_dir: Path | None, extra_dirs: list[Path], wait_s: float,
+               info: dict) -> list[LogName] | None:
+    """List the log entries of the job and record the directories searched in ``info``.
+
+    Returns None for a job that ran without Darshan.
+
+    Raises:
+        ManifestError: the manifest lacks the job's start and end.
+    """
+    if logs_dir is not None:
+        names = scan([logs_dir], recursive=True)
+        if manifest is not None:
+            names = [n for n in names if belongs_to_job(n, manifest, logs_dir)]
+        info["searched"] = [str(logs_dir)]
+        return names
+
+    assert manifest is not None
+    if manifest.get("darshan") is None:
+        return None
+    own = Path(manifest["darshan"]["log_dir"])
+    window = job_window(manifest)
+    if window is None:
+        raise ManifestError("the manifest has no start_utc and end_utc, so the dated log directories are unknown")
+    start, end = (dt.datetime.fromtimestamp(moment, tz=dt.timezone.utc) for moment in window)
+    search = [own] + dated_directories(own, start, end)
+    for extra in extra_dirs:
+        search += [extra] + dated_directories(extra, start, end)
+    info["searched"] = [str(path) for path in search]
+    return wait_for_logs(search, manifest, own, wait_s)
+
+
+def check_required_logs(mode: str, found: list[FoundLog], manifest: dict, searched: list[str]) -> None:
+    """Check that every process that wrote checkpoint data has a usable log.
+
+    Raises:
+        MissingLogError: naming each such process, its PID and why its log is missing or unusable.
+    """
+    missing = []
+    for pid, what in required_processes(manifest).items():
+        entries = [e for e in found if e.name.pid == pid]
+        if any(e.usable for e in entries):
+            continue
+        reasons = "; ".join(f"its log {e.name.path.name} is unusable: {e.error}" for e in entries)
+        missing.append(f"{what} (PID {pid}{': ' + reasons if reasons else ''})")
+    if missing:
+        raise MissingLogError(
+            f"{mode}: no readable Darshan log for {', '.join(missing)} of job "
+            f"{manifest.get('job_id') or 'without Slurm job id'}. Searched: {', '.join(searched)}. Check that the "
+            "job ran with LD_PRELOAD of libdarshan.so, that its processes exited normally (a killed process leaves "
+            "no log or a .darshan_partial one), and raise darshan.log_wait_s if the file system shows new files late."
+        )
 
 
 def locate(mode: str, manifest: dict | None, logs_dir: Path | None, checkpoint_dir: str | None,
@@ -320,35 +589,31 @@ def locate(mode: str, manifest: dict | None, logs_dir: Path | None, checkpoint_d
     """Find, read and attribute the logs of one mode's job.
 
     Returns the logs and a description of the search (directories, checkpoint
-    directory, whether the job was traced) for the metrics step.
+    directory, whether the job was traced) for the metrics step. Every entry
+    that looks like a log is returned; those that cannot be used carry an error.
 
     Raises:
-        MissingLogError: a process that wrote checkpoint data has no log.
+        ManifestError: the manifest lacks what locating the logs needs.
+        MissingLogError: a process that wrote checkpoint data has no usable log.
     """
     info: dict = {"mode": mode, "traced": True, "searched": [], "source": "run" if logs_dir is None else "existing"}
-    if logs_dir is not None:
-        names = scan([logs_dir], recursive=True)
-        if manifest is not None:
-            names = [n for n in names if belongs_to_job(n, manifest, logs_dir)]
-        info["searched"] = [str(logs_dir)]
-    else:
-        assert manifest is not None
-        if manifest.get("darshan") is None:
-            info["traced"] = False
-            info["checkpoint_dir"] = manifest.get("checkpoint_dir")
-            return [], info
-        own = Path(manifest["darshan"]["log_dir"])
-        start = dt.datetime.fromisoformat(manifest["start_utc"].replace("Z", "+00:00"))
-        end = dt.datetime.fromisoformat(manifest["end_utc"].replace("Z", "+00:00"))
-        search = [own] + dated_directories(own, start, end)
-        for extra in extra_dirs:
-            search += [extra] + dated_directories(extra, start, end)
-        info["searched"] = [str(path) for path in search]
-        names = wait_for_logs(search, manifest, own, wait_s)
+    if manifest is not None:
+        check_manifest(manifest)
+    names = find_names(manifest, logs_dir, extra_dirs, wait_s, info)
+    if names is None:
+        info["traced"] = False
+        info["checkpoint_dir"] = manifest.get("checkpoint_dir")
+        return [], info
+    if not names:
+        log.warning("%s: no Darshan logs found in %s", mode, ", ".join(info["searched"]))
 
     found = read_found(names)
     if checkpoint_dir is None and manifest is not None:
         checkpoint_dir = manifest.get("checkpoint_dir")
+    if manifest is not None:
+        flag_other_jobs_by_manifest(found, manifest)
+    else:
+        flag_other_jobs_by_time(found, checkpoint_dir)
     if checkpoint_dir is None:
         checkpoint_dir = infer_checkpoint_dir(found)
         info["checkpoint_dir_inferred"] = True
@@ -356,27 +621,78 @@ def locate(mode: str, manifest: dict | None, logs_dir: Path | None, checkpoint_d
 
     if manifest is not None:
         attribute_from_manifest(found, manifest)
-        missing = {pid: what for pid, what in required_processes(manifest).items()
-                   if not any(e.name.pid == pid and e.contents is not None for e in found)}
-        if missing:
-            described = ", ".join(f"{what} (PID {pid})" for pid, what in missing.items())
-            raise MissingLogError(
-                f"{mode}: no readable Darshan log for {described} of job {manifest.get('job_id') or 'without Slurm job id'}. "
-                f"Searched: {', '.join(info['searched'])}. Check that the job ran with LD_PRELOAD of libdarshan.so, "
-                "that its processes exited normally (a killed process leaves no log), and raise darshan.log_wait_s "
-                "if the file system shows new files late."
-            )
+        check_required_logs(mode, found, manifest, info["searched"])
     else:
         infer_roles(found, checkpoint_dir)
     return found, info
 
 
+def check_manifest(manifest: dict) -> None:
+    """Check the parts of a manifest that locating the logs reads.
+
+    Raises:
+        ManifestError: naming the key that is missing or of the wrong type.
+    """
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"the manifest is a JSON {type(manifest).__name__}, not an object")
+    for key in ("processes", "checkpoints"):
+        if not isinstance(manifest.get(key, []), list):
+            raise ManifestError(f"{key} in the manifest is not a list")
+    for index, process in enumerate(manifest.get("processes", [])):
+        if not isinstance(process, dict) or not isinstance(process.get("pid"), int):
+            raise ManifestError(f"processes[{index}] in the manifest has no integer pid: {process!r}")
+    darshan = manifest.get("darshan")
+    if darshan is not None and not (isinstance(darshan, dict) and darshan.get("log_dir")):
+        raise ManifestError("darshan in the manifest is neither null nor an object with log_dir")
+
+
+def read_manifest(path: Path) -> dict:
+    """Read a manifest file.
+
+    Raises:
+        ManifestError: the file cannot be read or is not valid JSON.
+    """
+    try:
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise ManifestError(f"cannot read the manifest {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ManifestError(f"the manifest {path} is not valid JSON ({error})") from None
+
+
 def copy_logs(found: list[FoundLog], destination: Path) -> None:
-    """Copy the finished logs into the results, keeping their names."""
+    """Copy the usable logs into the results, keeping their names."""
     destination.mkdir(parents=True, exist_ok=True)
     for entry in found:
-        if entry.contents is not None:
+        if entry.usable:
             shutil.copy2(entry.name.path, destination / entry.name.path.name)
+
+
+class OutputError(OSError):
+    """Raised when an output cannot be written, with the path that failed."""
+
+
+def write_outputs(found: list[FoundLog], info: dict, args: argparse.Namespace) -> pd.DataFrame:
+    """Copy the logs and write processes.csv and the info JSON; return the process table.
+
+    Raises:
+        OutputError: naming the output that could not be written (a full or read-only file system).
+    """
+    table = process_table(found, info.get("checkpoint_dir"))
+    info["logs"] = len(table)
+    info["unreadable"] = int((table["error"] != "").sum())
+    steps = [
+        (args.output_dir, lambda: copy_logs(found, args.output_dir)),
+        (args.processes, lambda: table.to_csv(args.processes, index=False)),
+        (args.info, lambda: args.info.write_text(json.dumps(info, indent=1) + "\n")),
+    ]
+    for path, write in steps:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write()
+        except OSError as error:
+            raise OutputError(error.errno, f"cannot write {error.filename or path}: {error.strerror or error}") from error
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,20 +711,23 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.manifest is None and args.logs is None:
         parser.error("give --manifest (a job of this workflow) or --logs (existing logs), or both")
-    manifest = json.loads(args.manifest.read_text()) if args.manifest else None
     try:
+        manifest = read_manifest(args.manifest) if args.manifest else None
         found, info = locate(args.mode, manifest, args.logs, args.checkpoint_dir, args.extra_log_dir, args.wait_s)
+    except ManifestError as error:
+        log.error("%s: %s. Rerun the training job of this mode, or for existing logs fix or remove "
+                  "existing_logs.%s.manifest", args.mode, error, args.mode)
+        return 1
     except MissingLogError as error:
         log.error("%s", error)
         return 1
 
-    copy_logs(found, args.output_dir)
-    table = process_table(found, info.get("checkpoint_dir"))
-    args.processes.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.processes, index=False)
-    info["logs"] = len(table)
-    info["unreadable"] = int((table["error"] != "").sum())
-    args.info.write_text(json.dumps(info, indent=1) + "\n")
+    try:
+        table = write_outputs(found, info, args)
+    except OutputError as error:
+        log.error("%s: %s. Free space or fix the permissions on that file system, then run the workflow again",
+                  args.mode, error.strerror)
+        return 1
     log.info("%s: %d logs (%s)", args.mode, len(table), ", ".join(f"{r}: {n}" for r, n in table["role"].value_counts().items()) or "untraced")
     return 0
 

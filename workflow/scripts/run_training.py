@@ -9,6 +9,11 @@ environment (with the Darshan runtime preloaded when tracing is on), starts the 
 of ``train_checkpoint.py`` with ``torchrun`` or ``srun``, waits for them, and merges the
 ranks' records into ``DIR/manifest.json``. The Darshan variables go only into the
 launcher's environment; this process runs untraced.
+
+When the job fails, each checkpoint it left incomplete gets a ``<name>.incomplete``
+marker beside it and the error names the rank, checkpoint and path each rank was
+in. After a successful job, ``checkpoint.keep`` decides which of this run's
+checkpoints stay; nothing outside ``<checkpoint.root>/<run_id>/<mode>/`` is touched.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -34,8 +40,16 @@ from darshan_runtime import DarshanRuntime, job_environment, render_config_file
 
 log = logging.getLogger("run_training")
 
-MODES = ("torch_save", "dcp", "dcp_async")
+MODES = ("torch_save", "dcp", "dcp_async", "dcp_async_process")
 LAUNCHERS = ("auto", "torchrun", "srun")
+KEEP_CHOICES = ("all", "last", "none")
+# A checkpoint of this workflow directly inside the mode's checkpoint directory.
+CHECKPOINT_ENTRY = re.compile(r"^step_(?P<step>\d+)(\.pt)?$")
+INCOMPLETE_SUFFIX = ".incomplete"
+# Tensor names shown in an integrity mismatch verdict.
+MISMATCH_NAMES_SHOWN = 5
+PAGE_CACHE_METHOD = ("posix_fadvise(POSIX_FADV_DONTNEED) by each rank on the files it restores from, "
+                     "checked with mincore(2). It affects the page cache of the rank's node, not a file server's cache")
 TRAINING_SCRIPT = Path(__file__).resolve().parent / "train_checkpoint.py"
 MANIFEST_VERSION = 1
 
@@ -95,10 +109,13 @@ def check_settings(settings: Mapping[str, Any], mode: str) -> None:
     checkpoint_dir = settings["checkpoint"].get("dir")
     if not checkpoint_dir or not Path(checkpoint_dir).is_absolute():
         raise TrainingJobError(f"checkpoint.dir is {checkpoint_dir!r}; it must be an absolute path")
+    keep = settings["checkpoint"].get("keep", "all")
+    if keep not in KEEP_CHOICES:
+        raise TrainingJobError(f"checkpoint.keep is {keep!r}; use one of {', '.join(KEEP_CHOICES)}")
 
 
 def prepare_output_dir(output_dir: Path) -> None:
-    """Create ``DIR`` and ``DIR/ranks``, removing rank records and a manifest of an earlier run.
+    """Create ``DIR`` and ``DIR/ranks``, removing rank records, progress files and a manifest of an earlier run.
 
     A rank record left from an earlier run would hide a rank that failed this time.
     """
@@ -114,7 +131,8 @@ def clear_checkpoints(checkpoint_dir: Path) -> list[str]:
     """Create the checkpoint directory and remove the ``step_*`` entries of an earlier run.
 
     Only ``step_*`` entries directly inside this mode's checkpoint directory are
-    removed, and anything else there is left alone. Returns the names removed.
+    removed (with the ``.incomplete`` markers of a failed run), and anything else
+    there is left alone. Returns the names removed.
     """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     removed = []
@@ -229,7 +247,7 @@ def build_launch_command(launcher: str, nodes: int, ranks_per_node: int, argumen
                 "--max-restarts", "0", str(script), *arguments]
     if launcher == "srun":
         return ["srun", "--ntasks", str(world_size), "--ntasks-per-node", str(ranks_per_node),
-                "--nodes", str(nodes), "--kill-on-bad-exit=1", python, str(script), *arguments]
+                "--nodes", str(nodes), "--kill-on-bad-exit=1", "--overlap", python, str(script), *arguments]
     raise TrainingJobError(f"unknown launcher {launcher!r}; use torchrun or srun")
 
 
@@ -307,8 +325,11 @@ def merge_processes(launcher_pid: int, host: str, records: Mapping[int, dict]) -
         processes.append({"pid": record["pid"], "ppid": record["ppid"], "host": record["host"],
                           "role": "rank", "rank": rank})
         for other in record.get("other_pids", []):
-            processes.append({"pid": other["pid"], "ppid": other.get("ppid", record["pid"]),
-                              "host": record["host"], "role": other["role"], "rank": rank})
+            entry = {"pid": other["pid"], "ppid": other.get("ppid", record["pid"]),
+                     "host": record["host"], "role": other["role"], "rank": rank}
+            if "exit_code" in other:
+                entry["exit_code"] = other["exit_code"]
+            processes.append(entry)
     return processes
 
 
@@ -353,8 +374,209 @@ def merge_checkpoints(records: Mapping[int, dict]) -> list[dict]:
             "files": len(file_list),
             "file_list": file_list,
             "bytes_by_rank": bytes_by_rank,
+            "complete": all(item.get("complete", True) for item in per_rank),
         })
     return merged
+
+
+# ---- restore, integrity and staging ---------------------------------------------------
+
+def merge_restore(records: Mapping[int, dict]) -> dict | None:
+    """Merge the ranks' restore of the last checkpoint: method, page cache, load time per rank and bytes read.
+
+    ``bytes`` counts the checkpoint files each rank read, so DCP's global
+    ``.metadata``, which every rank reads, counts once per rank.
+    """
+    restores = {rank: record.get("restore") for rank, record in sorted(records.items())}
+    if not all(restores.values()):
+        return None
+    first = restores[min(restores)]
+    load_s = [restore["load_s"] for restore in restores.values()]
+    reading = {rank: restore["page_cache"] for rank, restore in restores.items() if restore["page_cache"]["files"]}
+    return {
+        "step": first["step"],
+        "path": first["path"],
+        "method": first["method"],
+        "load_s": load_s,
+        "load_max_s": max(load_s),
+        "bytes": sum(restore["bytes"] for restore in restores.values()),
+        "bytes_by_rank": {str(rank): restore["bytes"] for rank, restore in restores.items()},
+        "files_by_rank": {str(rank): restore["files"] for rank, restore in restores.items()},
+        "page_cache": {
+            "method": PAGE_CACHE_METHOD,
+            "dropped": all(cache["dropped"] for cache in reading.values()),
+            "resident_bytes_before": sum(cache["resident_bytes_before"] for cache in reading.values()),
+            "resident_bytes_after": sum(cache["resident_bytes_after"] for cache in reading.values()),
+            "fsync_first": any(cache["fsync_first"] for cache in reading.values()),
+            "errors": [error for cache in reading.values() for error in cache["errors"]],
+        },
+    }
+
+
+def merge_integrity(records: Mapping[int, dict]) -> tuple[str, dict | None]:
+    """Return the integrity verdict of the last checkpoint and its details.
+
+    The verdict is ``ok``, ``mismatch (N tensors differ: names...)`` with each name
+    followed by its rank, or ``not checked: <reason>``.
+    """
+    restores = {rank: record.get("restore") for rank, record in sorted(records.items())}
+    if not all(restores.values()):
+        return "not checked: no checkpoint was restored", None
+    checked = {rank: restore["integrity"] for rank, restore in restores.items() if restore["integrity"]["checked"]}
+    if not checked:
+        return "not checked: no rank kept the state of the last save", None
+    differing = [f"{name} (rank {rank})" for rank, result in checked.items() for name in result["differing"]]
+    detail = {
+        "step": restores[min(restores)]["step"],
+        "ranks_checked": sorted(checked),
+        "tensors_checked": sum(result["tensors_checked"] for result in checked.values()),
+        "differing": differing,
+    }
+    return integrity_text(differing), detail
+
+
+def integrity_text(differing: list[str]) -> str:
+    """Return ``ok`` or ``mismatch (N tensors differ: names...)`` for the manifest and the table."""
+    if not differing:
+        return "ok"
+    shown = ", ".join(differing[:MISMATCH_NAMES_SHOWN])
+    more = ", ..." if len(differing) > MISMATCH_NAMES_SHOWN else ""
+    return f"mismatch ({len(differing)} tensors differ: {shown}{more})"
+
+
+def merge_staging(records: Mapping[int, dict]) -> dict | None:
+    """Return rank 0's description of async staging, with whether each rank's staging memory was pinned."""
+    staging = records[min(records)].get("staging")
+    if staging is None:
+        return None
+    return {**staging, "pinned_memory_by_rank": {str(rank): (record.get("staging") or {}).get("pinned_memory")
+                                                 for rank, record in sorted(records.items())}}
+
+
+# ---- failed jobs ------------------------------------------------------------------------
+
+def read_progress(ranks_dir: Path, world_size: int) -> dict[int, dict]:
+    """Read ``rank<k>.progress.json`` of each rank that wrote one."""
+    progress = {}
+    for rank in range(world_size):
+        path = ranks_dir / f"rank{rank}.progress.json"
+        try:
+            progress[rank] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return progress
+
+
+def describe_rank(mode: str, rank: int, progress: dict | None) -> str | None:
+    """Describe what a rank of a failed job was doing when it stopped, or return None if it finished."""
+    if progress is None:
+        return f"rank {rank} left no progress file, so it stopped before training began"
+    phase, pid = progress.get("phase"), progress.get("pid")
+    where = f"{mode} checkpoint step {progress.get('step')} at {progress.get('checkpoint')}"
+    if phase == "finished":
+        return None
+    if phase == "saving":
+        return (f"rank {rank} (PID {pid}) stopped while saving {where} without reporting an error, so it was "
+                "killed (by a signal, the out-of-memory killer or the launcher)")
+    if phase == "restoring":
+        return (f"rank {rank} (PID {pid}) stopped while restoring {where} without reporting an error, so it was "
+                "killed (by a signal, the out-of-memory killer or the launcher)")
+    if phase in ("failed", "terminated"):
+        during = progress.get("during")
+        context = f" while {during} {where}" if during in ("saving", "restoring") else f" during {during}"
+        return f"rank {rank} (PID {pid}) {phase}{context}: {progress.get('error')}"
+    return f"rank {rank} (PID {pid}) stopped during {phase} without reporting an error"
+
+
+def find_incomplete_checkpoints(mode: str, checkpoint_dir: Path, progress: Mapping[int, dict]) -> list[dict]:
+    """List this run's checkpoints on disk that did not complete, each with its path, step and the reason.
+
+    A DCP checkpoint is complete once the coordinator wrote its ``.metadata``, which
+    it does after every rank's data is written. A torch.save file is complete once
+    rank 0 recorded its save as done.
+    """
+    last_complete_step = (progress.get(0) or {}).get("last_complete_step") or 0
+    incomplete = []
+    if not checkpoint_dir.is_dir():
+        return incomplete
+    for entry in sorted(checkpoint_dir.iterdir()):
+        match = CHECKPOINT_ENTRY.match(entry.name)
+        if match is None:
+            continue
+        step = int(match["step"])
+        if mode == "torch_save":
+            if step > last_complete_step:
+                incomplete.append({"path": entry.name, "step": step,
+                                   "reason": f"rank 0 did not record the save as done (last done: step {last_complete_step})"})
+        elif not (entry / ".metadata").is_file():
+            incomplete.append({"path": entry.name, "step": step, "reason": "no .metadata: the coordinator never finished it"})
+    return incomplete
+
+
+def mark_incomplete(checkpoint_dir: Path, incomplete: list[dict], mode: str, run_id: str | None) -> list[Path]:
+    """Write a ``<checkpoint>.incomplete`` JSON marker beside each incomplete checkpoint and return the markers."""
+    markers = []
+    for item in incomplete:
+        marker = checkpoint_dir / f"{item['path']}{INCOMPLETE_SUFFIX}"
+        write_json_atomically(marker, {**item, "complete": False, "mode": mode, "run_id": run_id, "marked_utc": utc_now()})
+        markers.append(marker)
+    return markers
+
+
+def failure_message(mode: str, launcher: str, launcher_pid: int, exit_code: int, ranks_dir: Path, missing: list[int],
+                    progress: Mapping[int, dict], world_size: int, checkpoint_dir: Path,
+                    incomplete: list[dict]) -> str:
+    """Build the error of a failed job: launcher exit, missing records, what each rank was doing, incomplete checkpoints."""
+    missing_text = ", ".join(f"rank{rank}.json" for rank in missing) or "none"
+    parts = [f"{mode} training job failed: {launcher} (PID {launcher_pid}) exited with code {exit_code}; "
+             f"missing rank records in {ranks_dir}: {missing_text}"]
+    if missing:
+        parts += [text for rank in range(world_size) if (text := describe_rank(mode, rank, progress.get(rank)))]
+    if incomplete:
+        listed = ", ".join(f"{checkpoint_dir / item['path']} ({item['reason']})" for item in incomplete)
+        parts.append(f"incomplete checkpoints, each marked with a {INCOMPLETE_SUFFIX} file beside it: {listed}; "
+                     "the next run of this mode removes them")
+    return "; ".join(parts)
+
+
+# ---- retention -----------------------------------------------------------------------------
+
+def apply_retention(checkpoint_dir: Path, checkpoints: list[dict], keep: str) -> dict:
+    """Delete the checkpoints of this run that ``checkpoint.keep`` does not keep, and mark each entry ``retained``.
+
+    ``all`` keeps every one, ``last`` the last one, ``none`` none. Only entries the
+    manifest lists, named ``step_<k>[.pt]`` and directly inside ``checkpoint_dir``,
+    are removed. A symbolic link is removed, never followed.
+
+    Raises:
+        TrainingJobError: an entry is not a checkpoint of this directory, or cannot be removed.
+    """
+    if keep not in KEEP_CHOICES:
+        raise TrainingJobError(f"checkpoint.keep is {keep!r}; use one of {', '.join(KEEP_CHOICES)}")
+    kept_count = {"all": len(checkpoints), "last": 1, "none": 0}[keep]
+    removed, kept = [], []
+    for index, checkpoint in enumerate(checkpoints):
+        retained = index >= len(checkpoints) - kept_count
+        checkpoint["retained"] = retained
+        if retained:
+            kept.append(checkpoint["path"])
+            continue
+        target = checkpoint_dir / checkpoint["path"]
+        if target.parent != checkpoint_dir or not CHECKPOINT_ENTRY.match(target.name):
+            raise TrainingJobError(f"cannot delete {target}: checkpoint.keep deletes only step_<k> entries "
+                                   f"directly inside {checkpoint_dir}, so check the checkpoint paths of the ranks' records")
+        try:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        except OSError as error:
+            raise TrainingJobError(f"checkpoint.keep is {keep} but {target} could not be removed: {error}; "
+                                   "check its permissions or set checkpoint.keep to all") from error
+        removed.append(checkpoint["path"])
+    if removed:
+        log.info("checkpoint.keep %s: removed %s from %s", keep, ", ".join(removed), checkpoint_dir)
+    return {"keep": keep, "removed": removed, "kept": kept}
 
 
 def package_versions(rank_versions: Mapping[str, str | None],
@@ -389,8 +611,8 @@ def run_job(mode: str, settings: dict, output_dir: Path, environ: Mapping[str, s
     """Prepare, launch and merge one training job, and return the manifest written to ``DIR/manifest.json``.
 
     Raises:
-        TrainingJobError: the settings are invalid, the launcher failed, or a rank's
-            record or checkpoint is missing.
+        TrainingJobError: the settings are invalid, the launcher failed (the checkpoints
+            it left incomplete are then marked), or a rank's record or checkpoint is missing.
     """
     check_settings(settings, mode)
     output_dir = output_dir.resolve()
@@ -415,13 +637,21 @@ def run_job(mode: str, settings: dict, output_dir: Path, environ: Mapping[str, s
     start_utc = utc_now()
     launcher_pid, exit_code = run_launcher(command, env)
     end_utc = utc_now()
-    records, missing = read_rank_records(output_dir / "ranks", world_size)
+    ranks_dir = output_dir / "ranks"
+    records, missing = read_rank_records(ranks_dir, world_size)
     if exit_code != 0 or missing:
-        missing_text = ", ".join(f"rank{rank}.json" for rank in missing) or "none"
-        raise TrainingJobError(f"{mode} training job failed: {launcher} (PID {launcher_pid}) exited with code "
-                               f"{exit_code}; missing rank records in {output_dir / 'ranks'}: {missing_text}")
+        progress = read_progress(ranks_dir, world_size)
+        incomplete = find_incomplete_checkpoints(mode, checkpoint_dir, progress)
+        mark_incomplete(checkpoint_dir, incomplete, mode, settings.get("run_id"))
+        raise TrainingJobError(failure_message(mode, launcher, launcher_pid, exit_code, ranks_dir, missing, progress,
+                                               world_size, checkpoint_dir, incomplete))
 
     host = socket.gethostname()
+    checkpoints = merge_checkpoints(records)
+    integrity, integrity_detail = merge_integrity(records)
+    if integrity.startswith("mismatch"):
+        log.warning("%s: the restored last checkpoint differs from the state its save was asked for: %s", mode, integrity)
+    retention = apply_retention(checkpoint_dir, checkpoints, settings["checkpoint"].get("keep", "all"))
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "mode": mode,
@@ -439,13 +669,19 @@ def run_job(mode: str, settings: dict, output_dir: Path, environ: Mapping[str, s
         "launch_command": command,
         "launch_environment": launch_env,
         "processes": merge_processes(launcher_pid, host, records),
-        "checkpoints": merge_checkpoints(records),
+        "checkpoints": checkpoints,
+        "restore": merge_restore(records),
+        "integrity": integrity,
+        "integrity_detail": integrity_detail,
+        "staging": merge_staging(records),
+        "retention": retention,
         "darshan": darshan_entry,
         "versions": package_versions(records[0].get("versions", {}), darshan_entry),
         "settings": settings,
     }
     write_json_atomically(output_dir / "manifest.json", manifest)
-    log.info("%s: %d checkpoints, manifest %s", mode, len(manifest["checkpoints"]), output_dir / "manifest.json")
+    log.info("%s: %d checkpoints, integrity of the last one: %s, manifest %s", mode, len(manifest["checkpoints"]),
+             integrity, output_dir / "manifest.json")
     return manifest
 
 

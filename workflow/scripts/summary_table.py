@@ -38,10 +38,17 @@ HEADERS = {
     "slowest_rank_io_time_s": "Darshan I/O time, slowest rank (s)",
     "bandwidth_by_slowest_mib_per_s": "Darshan bandwidth by slowest rank (MiB/s)",
     "rank_imbalance_bytes": "rank imbalance (max/mean bytes)",
+    "bytes_read_checkpoint": "bytes read (checkpoint)",
+    "read_time_checkpoint_s": "Darshan read time, summed over processes (s)",
+    "read_bandwidth_mib_per_s": "Darshan read bandwidth (MiB/s, bytes / summed read time)",
     "blocking_mean_s": "blocking per checkpoint (s)",
     "completion_mean_s": "save completed after (s)",
     "blocking_throughput_mib_per_s": "throughput while blocked (MiB/s)",
     "checkpoint_bytes_on_disk": "checkpoint bytes on disk",
+    "restore_load_max_s": "restore of last checkpoint, slowest rank (s)",
+    "restore_throughput_mib_per_s": "restore throughput (MiB/s)",
+    "restore_page_cache": "page cache before restore",
+    "integrity": "integrity of last checkpoint",
     "flags": "flags",
 }
 BYTE_COLUMNS = {"bytes_written_total", "bytes_written_checkpoint", "mean_write_size_bytes",
@@ -64,10 +71,15 @@ def table_row(metrics: dict) -> dict:
         "completion_mean_s": application.get("completion_mean_s"),
         "blocking_throughput_mib_per_s": application.get("blocking_throughput_mib_per_s"),
         "checkpoint_bytes_on_disk": application.get("checkpoint_bytes_on_disk"),
+        "restore_load_max_s": application.get("restore_load_max_s"),
+        "restore_throughput_mib_per_s": application.get("restore_throughput_mib_per_s"),
+        "restore_page_cache": application.get("restore_page_cache"),
+        "integrity": application.get("integrity"),
         "flags": "; ".join(metrics.get("flags", [])),
     }
     if not metrics.get("traced", True):
-        row.update({column: NOT_TRACED for column in DARSHAN_COLUMNS})
+        read_columns = ["bytes_read_checkpoint", "read_time_checkpoint_s", "read_bandwidth_mib_per_s"]
+        row.update({column: NOT_TRACED for column in [*DARSHAN_COLUMNS, *read_columns]})
         return row
 
     total, checkpoint = metrics["all"], metrics["checkpoint"]
@@ -85,6 +97,11 @@ def table_row(metrics: dict) -> dict:
         "slowest_rank_io_time_s": checkpoint["slowest_rank_io_time_s"],
         "bandwidth_by_slowest_mib_per_s": checkpoint["bandwidth_by_slowest_mib_per_s"],
         "rank_imbalance_bytes": metrics.get("rank_imbalance_bytes"),
+        "bytes_read_checkpoint": checkpoint.get("bytes_read"),
+        "read_time_checkpoint_s": checkpoint.get("read_time_s"),
+        # Bytes over read time summed across processes: the mean bandwidth one process saw while reading.
+        "read_bandwidth_mib_per_s": (checkpoint["bytes_read"] / 1024**2 / checkpoint["read_time_s"]
+                                     if checkpoint.get("bytes_read") and checkpoint.get("read_time_s") else None),
     })
     if metrics.get("ranks") and row["ranks"] is None:
         row["ranks"] = metrics["ranks"]

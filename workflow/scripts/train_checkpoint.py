@@ -10,19 +10,33 @@ it; ``run_training.py`` builds that command. Each checkpoint mode has one code p
   a ``.metadata`` file from the coordinator (rank 0).
 * ``dcp_async``: as ``dcp`` with ``torch.distributed.checkpoint.async_save`` in a
   background thread. Each save waits for the previous one first.
+* ``dcp_async_process``: as ``dcp_async`` with ``AsyncCheckpointerType.PROCESS``: one
+  background writer process per rank writes the shards, from a ``DefaultStager`` copy
+  of the state in shared (with CUDA also pinned) memory. The writer is shut down
+  before the rank exits, so that it leaves its Darshan log.
+
+After the last save every mode restores its last checkpoint the way it would resume
+(``torch.load`` on rank 0 and a broadcast, or ``dcp.load`` on every rank), after
+evicting the files from the page cache, and compares every restored tensor with a
+CPU copy of the state taken when that save was requested.
 
 Every rank writes what it did and how long each save took to
 ``<output_dir>/ranks/rank<k>.json``, which ``run_training.py`` merges into the manifest.
+While it runs, ``ranks/rank<k>.progress.json`` names its current phase, step and
+checkpoint path, so that the wrapper can name the checkpoint a killed rank was in.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
+import mmap
 import multiprocessing.resource_tracker
 import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Mapping
@@ -37,15 +51,32 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torchvision
 from torch import nn
+from torch.distributed.checkpoint import _async_process_executor
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import get_state_dict
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger("train_checkpoint")
 
-MODES = ("torch_save", "dcp", "dcp_async")
+MODES = ("torch_save", "dcp", "dcp_async", "dcp_async_process")
+ASYNC_MODES = ("dcp_async", "dcp_async_process")
+
+# How each mode restores a checkpoint, as the manifest records it.
+RESTORE_METHODS = {
+    "torch_save": "torch.load on rank 0, then a broadcast of every tensor to all ranks",
+    "dcp": "dcp.load on every rank into its sharded state dict, then set_state_dict",
+    "dcp_async": "dcp.load on every rank into its sharded state dict, then set_state_dict",
+    "dcp_async_process": "dcp.load on every rank into its sharded state dict, then set_state_dict",
+}
+
+# Seconds the background writer of dcp_async_process gets to exit after the request
+# to stop: its Darshan runtime writes the process's log on the way out.
+WRITER_STOP_TIMEOUT_S = 120.0
 
 # DCP names its files __<rank>_<n>.distcp (shard data), .metadata (global metadata by
 # the coordinator) and __<rank>.metadata (per-rank metadata when saving without
@@ -60,6 +91,10 @@ SAVE_ERRORS = (Exception, CheckpointException)
 
 class CheckpointSaveError(RuntimeError):
     """Raised when a checkpoint save fails; the message names mode, rank and path."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """Raised when restoring the last checkpoint fails; the message names mode, rank and path."""
 
 
 @dataclass
@@ -86,6 +121,7 @@ class CheckpointRecord:
     end_utc: str = ""
     rank_bytes: int = 0  # bytes of the files this rank owns in the checkpoint
     files: list[dict] | None = None  # rank 0 only: every file of the checkpoint
+    complete: bool = False  # the save finished on this rank
 
 
 @dataclass
@@ -96,6 +132,43 @@ class PendingSave:
     future: Future
     call_start_s: float  # perf_counter() when async_save was called
     done: dict = field(default_factory=dict)  # set by the future's done callback
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """Placeholder for the tensor at ``index`` while a state's structure is broadcast without its data."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+class Progress:
+    """This rank's current phase, step and checkpoint path, kept in a small JSON file.
+
+    A rank killed by a signal cannot report its own failure; the job wrapper reads
+    the last phase written here to name the checkpoint and path the rank was in.
+    """
+
+    def __init__(self, path: Path | None, rank: int, mode: str) -> None:
+        self.path = path
+        self.state: dict[str, Any] = {"rank": rank, "pid": os.getpid(), "mode": mode, "phase": "starting",
+                                      "step": None, "checkpoint": None, "last_complete_step": None,
+                                      "error": None, "utc": utc_now()}
+        self._writing = False
+
+    def update(self, **changes: Any) -> None:
+        """Record the changes and rewrite the file atomically; a call from a signal handler during a write is skipped."""
+        if self._writing:
+            return
+        self.state.update(changes, utc=utc_now())
+        if self.path is None:
+            return
+        self._writing = True
+        try:
+            write_json_atomically(self.path, self.state)
+        finally:
+            self._writing = False
 
 
 def utc_now() -> str:
@@ -175,7 +248,7 @@ def process_group_backend(mode: str, device: torch.device) -> str:
     """
     if device.type == "cpu":
         return "gloo"
-    if mode == "dcp_async":
+    if mode in ASYNC_MODES:
         return "cuda:nccl,cpu:gloo"
     return "nccl"
 
@@ -348,18 +421,21 @@ def child_pids(pid: int) -> list[int]:
     return sorted(children)
 
 
-def other_processes() -> list[dict]:
+def other_processes(writer_pid: int | None = None) -> list[dict]:
     """List this rank's other processes: the multiprocessing resource tracker and live children.
 
     Under Darshan every such process writes its own log, so the analysis needs their
-    PIDs. The tracker gets role ``resource_tracker``, any other child role ``other``.
-    Child processes that have already exited are not seen here.
+    PIDs. The tracker gets role ``resource_tracker``, the background writer of
+    process-based async_save (``writer_pid``) role ``checkpoint_writer``, any other
+    child role ``other``. Child processes that have already exited are not seen here.
     """
     pid = os.getpid()
     tracker_pid = getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)
     processes = {}
     if tracker_pid is not None:
         processes[tracker_pid] = "resource_tracker"
+    if writer_pid is not None:
+        processes[writer_pid] = "checkpoint_writer"
     for child in child_pids(pid):
         processes.setdefault(child, "other")
     return [{"pid": child, "ppid": pid, "role": role} for child, role in sorted(processes.items())]
@@ -372,29 +448,352 @@ def describe_save_error(error: BaseException) -> str:
     return repr(error)
 
 
-class Checkpointer:
-    """Save checkpoints in one mode and keep a record of each save's timing.
+# ---- background writer and staging of dcp_async_process ---------------------------
 
-    ``save`` returns once the training loop may continue: after the write for
-    ``torch_save`` and ``dcp``, after staging for ``dcp_async``. ``finish`` waits for
-    the last asynchronous save. A failed save raises ``CheckpointSaveError``.
+def make_stager(mode: str, device: torch.device) -> tuple[DefaultStager | None, dict | None]:
+    """Return the stager a mode passes to async_save and the manifest's description of its staging.
+
+    ``dcp_async_process`` stages with a ``DefaultStager`` into shared memory, which
+    the writer process maps without a copy, and into pinned memory where CUDA makes
+    that possible: pinning page-locks host memory for fast copies from the GPU, and
+    torch only pins with CUDA available. Staging is synchronous, so the training
+    loop never changes a tensor that is still being copied.
+    """
+    if mode == "dcp_async":
+        return None, {"stager": "BlockingAsyncStager of FileSystemWriter (a CPU copy per save)",
+                      "pinned_memory": False, "shared_memory": False,
+                      "reason": "thread-based async_save stages with the writer's default copy"}
+    if mode != "dcp_async_process":
+        return None, None
+    pinned = device.type == "cuda" and torch.cuda.is_available()
+    options = StagingOptions(use_pinned_memory=pinned, use_shared_memory=True, use_async_staging=False,
+                             use_non_blocking_copy=pinned)
+    reason = None if pinned else (
+        f"pinned memory needs CUDA, and this rank runs on {device} with torch.cuda.is_available() "
+        f"{torch.cuda.is_available()}, so the state was staged into shared pageable memory instead")
+    info = {"stager": "DefaultStager", "pinned_memory_requested": True, "pinned_memory": pinned,
+            "shared_memory": True, "async_staging": False, "reason": reason}
+    return DefaultStager(options), info
+
+
+def background_writer_pid() -> int | None:
+    """Return the PID of the process that process-based async_save writes in, or None before its first save.
+
+    torch 2.14 keeps that process in the private module global
+    ``_async_process_executor._CHECKPOINT_PROCESS`` and has no public accessor.
+    """
+    holder = getattr(_async_process_executor, "_CHECKPOINT_PROCESS", None)
+    process = getattr(holder, "_save_process", None)
+    return process.pid if process is not None else None
+
+
+def close_background_writer(timeout_s: float) -> dict | None:
+    """Stop the background writer of process-based async_save and wait until it has exited.
+
+    The writer exits cleanly only on DCP's TERMINATE request; left alone, it gets
+    SIGTERM from multiprocessing at interpreter exit, and a process ended by a
+    signal leaves no Darshan log. torch 2.14 sends that request only from the
+    holder's ``__del__``, which sends SIGTERM after 5 s, so this sends it itself and
+    waits ``timeout_s`` for the writer to finish its log.
+
+    Returns the writer's PID, exit code and how it stopped, or None when no writer ran.
+    """
+    holder = getattr(_async_process_executor, "_CHECKPOINT_PROCESS", None)
+    if holder is None:
+        return None
+    process = holder._save_process
+    stopped_by = "had already exited"
+    if process.is_alive():
+        holder._send(_async_process_executor._CheckpointSaveProcessControlOpts.TERMINATE)
+        process.join(timeout_s)
+        stopped_by = "terminate request"
+    if process.is_alive():
+        log.warning("background checkpoint writer %d did not exit %.0f s after the terminate request; sending "
+                    "SIGTERM, so it leaves no Darshan log", process.pid, timeout_s)
+        process.terminate()
+        process.join()
+        stopped_by = f"SIGTERM after {timeout_s:.0f} s"
+    _async_process_executor._CHECKPOINT_PROCESS = None
+    log.info("background checkpoint writer %d stopped (%s), exit code %s", process.pid, stopped_by, process.exitcode)
+    return {"pid": process.pid, "exit_code": process.exitcode, "stopped_by": stopped_by}
+
+
+class PausingFileSystemWriter(dcp.FileSystemWriter):
+    """A FileSystemWriter that sleeps before writing this rank's data.
+
+    Only the test-only setting ``testing.pause_in_save`` uses it, so that a test can
+    kill a rank while it is inside a save.
     """
 
-    def __init__(self, mode: str, checkpoint_dir: Path, fsync: bool, rank: int) -> None:
+    def __init__(self, *args: Any, pause_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pause_s = pause_s
+
+    def write_data(self, plan: Any, planner: Any) -> Any:
+        """Sleep ``pause_s`` seconds, then write as FileSystemWriter does."""
+        log.warning("pausing %.0f s inside the save (testing.pause_in_save)", self.pause_s)
+        time.sleep(self.pause_s)
+        return super().write_data(plan, planner)
+
+
+# ---- state snapshots and integrity -------------------------------------------------
+
+def training_state(mode: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Return the state a checkpoint of ``mode`` holds: full replicas for torch_save, this rank's shards for DCP."""
+    if mode == "torch_save":
+        return {"model": model.module.state_dict(), "optimizer": optimizer.state_dict()}
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def flatten_tensors(state: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Map every tensor of a nested state dict to its path, such as ``optimizer/state/3/exp_avg``.
+
+    A DTensor contributes its local shard, which is what this rank saves and loads.
+    Values that are not tensors (learning rates, parameter names) are left out.
+    """
+    if isinstance(state, DTensor):
+        return {prefix: state.to_local()}
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    if isinstance(state, Mapping):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return {}
+    flat: dict[str, torch.Tensor] = {}
+    for key, value in items:
+        flat.update(flatten_tensors(value, f"{prefix}/{key}" if prefix else str(key)))
+    return flat
+
+
+def snapshot_state(state: Any) -> dict[str, torch.Tensor]:
+    """Copy every tensor of a state dict to the CPU, so that later training steps cannot change the copy."""
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in flatten_tensors(state).items()}
+
+
+def same_bits(expected: torch.Tensor, actual: torch.Tensor) -> bool:
+    """Return whether two tensors have the same shape, dtype and bytes (NaN equals an identical NaN)."""
+    if expected.shape != actual.shape or expected.dtype != actual.dtype:
+        return False
+    as_bytes = [tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8) for tensor in (expected, actual)]
+    return torch.equal(*as_bytes)
+
+
+def compare_states(expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor]) -> list[str]:
+    """Return, sorted, the names of tensors that differ in shape, dtype or any bit, or that one side lacks."""
+    return [name for name in sorted(set(expected) | set(actual))
+            if name not in expected or name not in actual or not same_bits(expected[name], actual[name])]
+
+
+# ---- page cache -----------------------------------------------------------------------
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    return libc
+
+
+def resident_bytes(fd: int, size_bytes: int) -> int:
+    """Return how many bytes of an open file are in this node's page cache, from mincore(2).
+
+    Raises:
+        OSError: mmap or mincore failed.
+    """
+    if size_bytes == 0:
+        return 0
+    libc = _libc()
+    address = libc.mmap(None, size_bytes, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        error = ctypes.get_errno()
+        raise OSError(error, f"mmap for mincore failed: {os.strerror(error)}")
+    page_bytes = mmap.PAGESIZE
+    pages = (size_bytes + page_bytes - 1) // page_bytes
+    vector = (ctypes.c_ubyte * pages)()
+    try:
+        if libc.mincore(address, size_bytes, vector) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"mincore failed: {os.strerror(error)}")
+    finally:
+        libc.munmap(address, size_bytes)
+    return min(sum(page & 1 for page in vector) * page_bytes, size_bytes)
+
+
+def drop_page_cache(paths: list[Path], fsync: bool) -> dict:
+    """Evict files from this node's page cache, so that a restore reads them from the file system.
+
+    ``POSIX_FADV_DONTNEED`` evicts only clean pages and needs no root. ``fsync`` first
+    syncs files whose save did not (checkpoint.fsync false). mincore(2) measures
+    what is resident before and after; ``dropped`` is false when pages stayed.
+    """
+    before = after = 0
+    errors = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as error:
+            errors.append(f"{path}: {error}")
+            continue
+        try:
+            size_bytes = os.fstat(fd).st_size
+            if fsync:
+                os.fsync(fd)
+            before += resident_bytes(fd, size_bytes)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            after += resident_bytes(fd, size_bytes)
+        except OSError as error:
+            errors.append(f"{path}: {error}")
+        finally:
+            os.close(fd)
+    return {"files": len(paths), "fsync_first": fsync, "resident_bytes_before": before,
+            "resident_bytes_after": after, "dropped": not errors and after == 0, "errors": errors}
+
+
+# ---- restore ----------------------------------------------------------------------------
+
+def split_tensors(state: Any, tensors: list[torch.Tensor]) -> Any:
+    """Return the state with each tensor replaced by a TensorSlot, appending the tensors to ``tensors``."""
+    if isinstance(state, torch.Tensor):
+        tensors.append(state)
+        return TensorSlot(len(tensors) - 1, tuple(state.shape), state.dtype)
+    if isinstance(state, Mapping):
+        return {key: split_tensors(value, tensors) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(split_tensors(value, tensors) for value in state)
+    return state
+
+
+def join_tensors(skeleton: Any, tensors: list[torch.Tensor]) -> Any:
+    """Put the tensors back where split_tensors left TensorSlots."""
+    if isinstance(skeleton, TensorSlot):
+        return tensors[skeleton.index]
+    if isinstance(skeleton, Mapping):
+        return {key: join_tensors(value, tensors) for key, value in skeleton.items()}
+    if isinstance(skeleton, (list, tuple)):
+        return type(skeleton)(join_tensors(value, tensors) for value in skeleton)
+    return skeleton
+
+
+def tensor_slots(skeleton: Any) -> list[TensorSlot]:
+    """List the TensorSlots of a skeleton in index order."""
+    if isinstance(skeleton, TensorSlot):
+        return [skeleton]
+    if isinstance(skeleton, Mapping):
+        values = list(skeleton.values())
+    elif isinstance(skeleton, (list, tuple)):
+        values = list(skeleton)
+    else:
+        return []
+    return sorted((slot for value in values for slot in tensor_slots(value)), key=lambda slot: slot.index)
+
+
+def broadcast_state(state: Any, rank: int, device: torch.device) -> Any:
+    """Send rank 0's state to every rank: its structure as one object, then each tensor by dist.broadcast.
+
+    The tensors go through the collective backend without pickling, so the cost
+    grows like a parameter broadcast rather than like a pickled copy.
+    """
+    tensors: list[torch.Tensor] = []
+    objects = [split_tensors(state, tensors) if rank == 0 else None]
+    dist.broadcast_object_list(objects, src=0)
+    skeleton = objects[0]
+    if rank == 0:
+        received = [tensor.to(device).contiguous() for tensor in tensors]
+    else:
+        received = [torch.empty(slot.shape, dtype=slot.dtype, device=device) for slot in tensor_slots(skeleton)]
+    for tensor in received:
+        dist.broadcast(tensor, src=0)
+    return join_tensors(skeleton, received)
+
+
+def unloaded_like(state: Any) -> Any:
+    """Return a copy of a state dict's structure with NaN (integers: 0) tensors of the same shape and sharding.
+
+    DCP loads into these, so a tensor the load skipped cannot pass the integrity
+    check by still holding the live value.
+    """
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point():
+            return torch.full_like(state, float("nan"))
+        return torch.zeros_like(state)
+    if isinstance(state, Mapping):
+        return {key: unloaded_like(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [unloaded_like(value) for value in state]
+    return state
+
+
+def restore_torch_save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int,
+                       device: torch.device) -> dict:
+    """Load a torch.save checkpoint as a DDP job resumes: rank 0 reads it, every rank gets it by broadcast."""
+    state = torch.load(path, map_location="cpu", weights_only=True) if rank == 0 else None
+    state = broadcast_state(state, rank, device)
+    model.module.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def restore_dcp(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Load a DCP checkpoint as an FSDP2 job resumes: every rank reads its shards into its sharded state dict."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": unloaded_like(model_state), "optimizer": unloaded_like(optimizer_state)}
+    dcp.load(state, storage_reader=dcp.FileSystemReader(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    return state
+
+
+def restore_files(mode: str, checkpoint_dir: Path, relative_path: str, rank: int) -> list[Path]:
+    """Return the files ``rank`` reads to restore a checkpoint: its own, and for DCP also the global .metadata.
+
+    This holds because the job restores with the world size and sharding it saved
+    with, so each rank's load plan covers exactly the shard file it wrote.
+    """
+    files = list_checkpoint_files(checkpoint_dir, relative_path)
+    return [checkpoint_dir / item["path"] for item in files
+            if item["rank"] == rank or (mode != "torch_save" and GLOBAL_METADATA_FILE.match(Path(item["path"]).name))]
+
+
+class Checkpointer:
+    """Save checkpoints in one mode, keep a record of each save's timing and restore the last one.
+
+    ``save`` returns once the training loop may continue: after the write for
+    ``torch_save`` and ``dcp``, after staging for the async modes. ``close`` waits for
+    the last asynchronous save and stops the background writer process. A failed
+    save raises ``CheckpointSaveError``. The save of ``verify_step`` keeps a CPU copy
+    of the state it was asked to save, for the integrity check after the restore.
+    """
+
+    def __init__(self, mode: str, checkpoint_dir: Path, fsync: bool, rank: int, *,
+                 device: torch.device = torch.device("cpu"), verify_step: int | None = None,
+                 progress: Progress | None = None, pause: Mapping[str, Any] | None = None) -> None:
         self.mode = mode
         self.checkpoint_dir = checkpoint_dir
         self.fsync = fsync
         self.rank = rank
+        self.device = device
+        self.verify_step = verify_step
+        self.progress = progress or Progress(None, rank, mode)
+        self.pause = dict(pause or {})
         self.records: list[CheckpointRecord] = []
         self.pending: PendingSave | None = None
+        self.expected_state: dict[str, torch.Tensor] | None = None
+        self.writer: dict | None = None
         # Asynchronous saves run their collectives in a background thread. A gloo group
         # of their own keeps them apart from the training loop's collectives.
-        self.async_group = dist.new_group(backend="gloo") if mode == "dcp_async" else None
+        self.async_group = dist.new_group(backend="gloo") if mode in ASYNC_MODES else None
+        self.stager, self.staging = make_stager(mode, device)
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Write the checkpoint of ``step`` in this checkpointer's mode."""
         record = CheckpointRecord(step=step, path=checkpoint_name(self.mode, step))
         path = self.checkpoint_dir / record.path
+        # torch_save writes rank 0's replica only, so only rank 0 needs the copy.
+        if step == self.verify_step and (self.mode != "torch_save" or self.rank == 0):
+            self.expected_state = snapshot_state(training_state(self.mode, model, optimizer))
         try:
             if self.mode == "torch_save":
                 self._save_torch(record, path, model, optimizer)
@@ -412,21 +811,93 @@ class Checkpointer:
         if self.pending is not None:
             self._complete_pending()
 
+    def close(self) -> None:
+        """Wait for the last save, release the stager and stop the background writer process."""
+        self.finish()
+        if self.stager is not None:
+            self.stager.close()
+            self.stager = None
+        if self.mode == "dcp_async_process":
+            self.writer = close_background_writer(WRITER_STOP_TIMEOUT_S)
+
+    def restore_last(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """Restore the last checkpoint the way this mode resumes, time it and check its integrity.
+
+        Every rank first evicts the files it will read from the page cache and waits
+        for the others, so the timed load reads from the file system.
+        """
+        record = self.records[-1]
+        path = self.checkpoint_dir / record.path
+        self.progress.update(phase="restoring", step=record.step, checkpoint=str(path))
+        files = restore_files(self.mode, self.checkpoint_dir, record.path, self.rank)
+        page_cache = drop_page_cache(files, fsync=not self.fsync)
+        dist.barrier()
+        start_s = time.perf_counter()
+        try:
+            if self.mode == "torch_save":
+                state = restore_torch_save(path, model, optimizer, self.rank, self.device)
+            else:
+                state = restore_dcp(path, model, optimizer)
+        except SAVE_ERRORS as error:
+            raise CheckpointRestoreError(f"{self.mode} restore of checkpoint step {record.step} failed on rank "
+                                         f"{self.rank} for {path}: {describe_save_error(error)}") from error
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        load_s = time.perf_counter() - start_s
+
+        checked = self.expected_state is not None and record.step == self.verify_step
+        differing = compare_states(self.expected_state, flatten_tensors(state)) if checked else []
+        log.info("restored checkpoint step %d in %.3f s (%s); page cache %s; integrity %s", record.step, load_s,
+                 format_bytes(sum(os.stat(file).st_size for file in files)),
+                 "dropped" if page_cache["dropped"] else f"not dropped ({page_cache})",
+                 f"{len(differing)} of {len(self.expected_state)} tensors differ" if checked else "not checked on this rank")
+        return {
+            "step": record.step,
+            "path": record.path,
+            "method": RESTORE_METHODS[self.mode],
+            "load_s": load_s,
+            "files": [file.relative_to(self.checkpoint_dir).as_posix() for file in files],
+            "bytes": sum(os.stat(file).st_size for file in files),
+            "page_cache": page_cache,
+            "integrity": {"checked": checked, "tensors_checked": len(self.expected_state) if checked else 0,
+                          "differing": differing},
+        }
+
     def _failure(self, path: Path, error: BaseException) -> CheckpointSaveError:
         return CheckpointSaveError(f"{self.mode} checkpoint save failed on rank {self.rank} for {path}: "
                                    f"{describe_save_error(error)}")
 
+    def _pause_s(self, step: int) -> float:
+        """Return the seconds to sleep inside this rank's save of ``step`` (test-only setting testing.pause_in_save)."""
+        if self.pause.get("rank") == self.rank and self.pause.get("step") == step:
+            return float(self.pause.get("seconds", 0))
+        return 0.0
+
+    def _make_writer(self, path: Path, step: int) -> dcp.FileSystemWriter:
+        pause_s = self._pause_s(step)
+        if pause_s > 0:
+            return PausingFileSystemWriter(path, sync_files=self.fsync, overwrite=True, pause_s=pause_s)
+        return dcp.FileSystemWriter(path, sync_files=self.fsync, overwrite=True)
+
     def _save_torch(self, record: CheckpointRecord, path: Path, model: nn.Module,
                     optimizer: torch.optim.Optimizer) -> None:
+        self.progress.update(phase="saving", step=record.step, checkpoint=str(path))
+        pause_s = self._pause_s(record.step)
         start_s = time.perf_counter()
         record.start_utc = utc_now()
         if self.rank == 0:
-            state = {"model": model.module.state_dict(), "optimizer": optimizer.state_dict()}
+            state = training_state(self.mode, model, optimizer)
             with open(path, "wb") as stream:
                 torch.save(state, stream)
+                if pause_s > 0:
+                    log.warning("pausing %.0f s inside the save (testing.pause_in_save)", pause_s)
+                    time.sleep(pause_s)
                 if self.fsync:
                     stream.flush()
                     os.fsync(stream.fileno())
+        elif pause_s > 0:
+            log.warning("pausing %.0f s inside the save (testing.pause_in_save)", pause_s)
+            time.sleep(pause_s)
         dist.barrier()
         record.blocking_s = record.completion_s = time.perf_counter() - start_s
         record.end_utc = utc_now()
@@ -434,11 +905,11 @@ class Checkpointer:
 
     def _save_dcp(self, record: CheckpointRecord, path: Path, model: nn.Module,
                   optimizer: torch.optim.Optimizer) -> None:
+        self.progress.update(phase="saving", step=record.step, checkpoint=str(path))
         start_s = time.perf_counter()
         record.start_utc = utc_now()
-        model_state, optimizer_state = get_state_dict(model, optimizer)
-        writer = dcp.FileSystemWriter(path, sync_files=self.fsync, overwrite=True)
-        dcp.save({"model": model_state, "optimizer": optimizer_state}, storage_writer=writer)
+        state = training_state(self.mode, model, optimizer)
+        dcp.save(state, storage_writer=self._make_writer(path, record.step))
         record.blocking_s = record.completion_s = time.perf_counter() - start_s
         record.end_utc = utc_now()
         self._complete(record)
@@ -447,13 +918,16 @@ class Checkpointer:
                         optimizer: torch.optim.Optimizer) -> None:
         start_s = time.perf_counter()
         self.finish()
+        self.progress.update(phase="saving", step=record.step, checkpoint=str(path))
 
         call_start_s = time.perf_counter()
         record.start_utc = utc_now()
-        model_state, optimizer_state = get_state_dict(model, optimizer)
-        writer = dcp.FileSystemWriter(path, sync_files=self.fsync, overwrite=True)
-        response = dcp.async_save({"model": model_state, "optimizer": optimizer_state},
-                                  storage_writer=writer, process_group=self.async_group)
+        state = training_state(self.mode, model, optimizer)
+        options: dict[str, Any] = {}
+        if self.mode == "dcp_async_process":
+            options = {"async_checkpointer_type": AsyncCheckpointerType.PROCESS, "async_stager": self.stager}
+        response = dcp.async_save(state, storage_writer=self._make_writer(path, record.step),
+                                  process_group=self.async_group, **options)
         # torch 2.14 returns an AsyncSaveResponse instead when the stager stages asynchronously.
         future = getattr(response, "upload_completion", response)
 
@@ -480,18 +954,20 @@ class Checkpointer:
     def _complete(self, record: CheckpointRecord) -> None:
         """Measure a completed checkpoint on disk, log it and keep its record."""
         record.rank_bytes = rank_bytes(self.checkpoint_dir, record.path, self.rank)
+        record.complete = True
         if self.rank == 0:
             record.files = list_checkpoint_files(self.checkpoint_dir, record.path)
 
         if self.mode == "torch_save" and self.rank != 0:
             log.info("checkpoint step %d saved by rank 0: this rank blocked %.3f s", record.step, record.blocking_s)
-        elif self.mode == "dcp_async":
+        elif self.mode in ASYNC_MODES:
             log.info("checkpoint step %d saved: %s in %.3f s blocking, %.3f s until complete",
                      record.step, format_bytes(record.rank_bytes), record.blocking_s, record.completion_s)
         else:
             log.info("checkpoint step %d saved: %s in %.3f s blocking",
                      record.step, format_bytes(record.rank_bytes), record.blocking_s)
         self.records.append(record)
+        self.progress.update(phase="training", last_complete_step=record.step)
 
 
 def checkpoint_steps(steps: int, interval: int) -> list[int]:
@@ -508,15 +984,17 @@ def write_json_atomically(path: Path, data: Any) -> None:
     os.replace(temporary, path)
 
 
-def run(mode: str, settings: Mapping[str, Any], environ: Mapping[str, str]) -> dict:
-    """Join the process group, train, checkpoint and return this rank's record.
+def run(mode: str, settings: Mapping[str, Any], environ: Mapping[str, str], progress: Progress | None = None) -> dict:
+    """Join the process group, train, checkpoint, restore the last checkpoint and return this rank's record.
 
     Raises:
         CheckpointSaveError: a save failed.
+        CheckpointRestoreError: the restore of the last checkpoint failed.
     """
     phases_s: dict[str, float] = {}
     start_s = time.perf_counter()
     env = rank_environment(environ)
+    progress = progress or Progress(None, env.rank, mode)
     training = settings["training"]
     device = select_device(settings["launch"]["device"], env.local_rank)
     backend = process_group_backend(mode, device)
@@ -533,21 +1011,32 @@ def run(mode: str, settings: Mapping[str, Any], environ: Mapping[str, str]) -> d
     phases_s["build_model"] = time.perf_counter() - phase_start_s
 
     checkpoint_dir = Path(settings["checkpoint"]["dir"])
-    checkpointer = Checkpointer(mode, checkpoint_dir, bool(settings["checkpoint"]["fsync"]), env.rank)
-    save_at = set(checkpoint_steps(int(training["steps"]), int(training["checkpoint_interval"])))
+    save_at = checkpoint_steps(int(training["steps"]), int(training["checkpoint_interval"]))
+    checkpointer = Checkpointer(mode, checkpoint_dir, bool(settings["checkpoint"]["fsync"]), env.rank, device=device,
+                                verify_step=save_at[-1] if save_at else None, progress=progress,
+                                pause=(settings.get("testing") or {}).get("pause_in_save"))
     other_pids: dict[int, dict] = {}
 
     phase_start_s = time.perf_counter()
     train_step_s = []
+    progress.update(phase="training")
     for step in range(1, int(training["steps"]) + 1):
         images, labels = random_batch(training, device, generator)
         train_step_s.append(train_step(model, optimizer, images, labels))
         if step in save_at:
             checkpointer.save(step, model, optimizer)
-            other_pids.update({item["pid"]: item for item in other_processes()})
-    checkpointer.finish()
-    other_pids.update({item["pid"]: item for item in other_processes()})
+            other_pids.update({item["pid"]: item for item in other_processes(background_writer_pid())})
+    other_pids.update({item["pid"]: item for item in other_processes(background_writer_pid())})
+    checkpointer.close()
+    if checkpointer.writer is not None:
+        other_pids[checkpointer.writer["pid"]] = {"pid": checkpointer.writer["pid"], "ppid": os.getpid(),
+                                                  "role": "checkpoint_writer",
+                                                  "exit_code": checkpointer.writer["exit_code"]}
     phases_s["train_and_checkpoint"] = time.perf_counter() - phase_start_s
+
+    phase_start_s = time.perf_counter()
+    restore = checkpointer.restore_last(model, optimizer) if checkpointer.records else None
+    phases_s["restore"] = time.perf_counter() - phase_start_s
 
     dist.barrier()
     phases_s["total"] = time.perf_counter() - start_s
@@ -564,6 +1053,9 @@ def run(mode: str, settings: Mapping[str, Any], environ: Mapping[str, str]) -> d
         "backend": backend,
         "checkpoint_dir": str(checkpoint_dir),
         "checkpoints": [asdict(record) for record in checkpointer.records],
+        "restore": restore,
+        "staging": checkpointer.staging,
+        "background_writer": checkpointer.writer,
         "train_step_s": train_step_s,
         "phases_s": phases_s,
         "other_pids": list(other_pids.values()),
@@ -582,21 +1074,44 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def stop_on_sigterm(progress: Progress) -> None:
+    """Make SIGTERM (from the launcher, when another rank failed) a clean exit recorded in the progress file.
+
+    A clean exit also lets Darshan write this process's log, which a process ended
+    by the signal's default action never does.
+    """
+    def handler(signal_number: int, _frame: Any) -> None:
+        name = signal.Signals(signal_number).name
+        progress.update(phase="terminated", during=progress.state["phase"],
+                        error=f"stopped by {name}, which the launcher sends when another rank has failed")
+        raise SystemExit(128 + signal_number)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one rank, write its record and return 0 once every save completed."""
+    """Run one rank, write its record and return 0 once every save and the restore completed."""
     arguments = parse_arguments(argv)
     rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "?"))
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
     settings = json.loads(arguments.settings_file.read_text())
+    env = rank_environment(os.environ)
+    progress = Progress(arguments.output_dir / "ranks" / f"rank{env.rank}.progress.json", env.rank, arguments.mode)
+    stop_on_sigterm(progress)
 
-    record = run(arguments.mode, settings, os.environ)
+    try:
+        record = run(arguments.mode, settings, os.environ, progress)
+    except SAVE_ERRORS as error:
+        progress.update(phase="failed", during=progress.state["phase"], error=str(error) or repr(error))
+        raise
     write_json_atomically(arguments.output_dir / "ranks" / f"rank{record['rank']}.json", record)
+    progress.update(phase="finished")
 
     # Only after success: a rank that failed exits with its error, and the launcher
     # (torchrun, or srun --kill-on-bad-exit) ends the ranks still waiting on it.
     dist.destroy_process_group()
-    log.info("rank %d finished: %d checkpoints saved", record["rank"], len(record["checkpoints"]))
+    log.info("rank %d finished: %d checkpoints saved, the last one restored", record["rank"], len(record["checkpoints"]))
     return 0
 
 

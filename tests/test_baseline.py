@@ -1,0 +1,62 @@
+"""The storage baseline job: real ranks under torchrun writing and reading the file system."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import storage_baseline
+from conftest import REPOSITORY
+
+MIB = 1024**2
+
+
+def manifest(checkpoint_bytes: list[int], world_size: int = 2) -> dict:
+    return {"world_size": world_size, "checkpoints": [{"bytes": size} for size in checkpoint_bytes]}
+
+
+def test_bytes_per_rank_is_largest_checkpoint_share():
+    manifests = [manifest([40 * MIB, 44 * MIB]), manifest([60 * MIB], world_size=4)]
+
+    assert storage_baseline.bytes_per_rank_from_manifests(manifests) == 22 * MIB
+
+
+def test_bytes_per_rank_needs_a_checkpoint():
+    with pytest.raises(ValueError, match="no manifest records a checkpoint"):
+        storage_baseline.bytes_per_rank_from_manifests([{"world_size": 2, "checkpoints": []}])
+
+
+def test_write_and_read_file(tmp_path):
+    path = tmp_path / "data.bin"
+
+    storage_baseline.write_file(path, 5 * MIB + 3, block_bytes=MIB, fsync=True)
+
+    assert path.stat().st_size == 5 * MIB + 3
+    assert storage_baseline.drop_page_cache(path) is True
+    assert storage_baseline.read_file(path, block_bytes=MIB) == 5 * MIB + 3
+
+
+def test_baseline_job_two_ranks(tmp_path):
+    settings = {"launch": {"nodes": 1, "ranks_per_node": 2, "launcher": "torchrun"},
+                "checkpoint": {"dir": str(tmp_path / "baseline"), "fsync": True}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest([8 * MIB])))
+
+    completed = subprocess.run(
+        [sys.executable, str(REPOSITORY / "workflow" / "scripts" / "storage_baseline.py"),
+         "--settings", json.dumps(settings), "--manifest", str(tmp_path / "manifest.json"),
+         "--repeats", "2", "--block-bytes", str(MIB), "--output", str(tmp_path / "baseline.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads((tmp_path / "baseline.json").read_text())
+    assert result["ranks"] == 2
+    assert result["bytes_per_rank"] == 4 * MIB
+    assert len(result["write_s"]) == 2
+    assert result["write_mib_per_s"] > 0
+    assert result["read_mib_per_s"] > 0
+    assert result["page_cache_dropped_before_read"] is True
+    assert list((tmp_path / "baseline").iterdir()) == []
