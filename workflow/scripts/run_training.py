@@ -514,13 +514,37 @@ def find_incomplete_checkpoints(mode: str, checkpoint_dir: Path, progress: Mappi
 
 
 def mark_incomplete(checkpoint_dir: Path, incomplete: list[dict], mode: str, run_id: str | None) -> list[Path]:
-    """Write a ``<checkpoint>.incomplete`` JSON marker beside each incomplete checkpoint and return the markers."""
+    """Write a ``<checkpoint>.incomplete`` JSON marker beside each incomplete checkpoint and return the markers.
+
+    On a full file system the JSON cannot be written, so the marker is left empty,
+    which needs no data block; the reason is in the job's error either way.
+    """
     markers = []
     for item in incomplete:
         marker = checkpoint_dir / f"{item['path']}{INCOMPLETE_SUFFIX}"
-        write_json_atomically(marker, {**item, "complete": False, "mode": mode, "run_id": run_id, "marked_utc": utc_now()})
+        try:
+            write_json_atomically(marker, {**item, "complete": False, "mode": mode, "run_id": run_id,
+                                           "marked_utc": utc_now()})
+        except OSError as error:
+            log.error("could not write the marker %s (%s); leaving it empty", marker, error)
+            try:
+                marker.touch()
+            except OSError as touch_error:
+                log.error("could not create the marker %s either: %s", marker, touch_error)
+                item["reason"] += f"; not marked: {touch_error.strerror}"
+                continue
         markers.append(marker)
     return markers
+
+
+def free_space_text(directory: Path) -> str:
+    """Describe the free space of the file system that holds ``directory``, for failure messages."""
+    existing = directory if directory.exists() else directory.parent
+    try:
+        usage = shutil.disk_usage(existing)
+    except OSError as error:
+        return f"free space of {existing} unknown ({error.strerror})"
+    return f"its file system has {usage.free / 2**20:,.1f} MiB free of {usage.total / 2**20:,.1f} MiB"
 
 
 def failure_message(mode: str, launcher: str, launcher_pid: int, exit_code: int, ranks_dir: Path, missing: list[int],
@@ -536,6 +560,7 @@ def failure_message(mode: str, launcher: str, launcher_pid: int, exit_code: int,
         listed = ", ".join(f"{checkpoint_dir / item['path']} ({item['reason']})" for item in incomplete)
         parts.append(f"incomplete checkpoints, each marked with a {INCOMPLETE_SUFFIX} file beside it: {listed}; "
                      "the next run of this mode removes them")
+    parts.append(f"checkpoint directory {checkpoint_dir}: {free_space_text(checkpoint_dir)}")
     return "; ".join(parts)
 
 
@@ -603,8 +628,11 @@ def package_versions(rank_versions: Mapping[str, str | None],
 def write_json_atomically(path: Path, data: Any) -> None:
     """Write JSON to a temporary file and rename it, so readers never see a partial file."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def run_job(mode: str, settings: dict, output_dir: Path, environ: Mapping[str, str]) -> dict:
