@@ -17,6 +17,22 @@ include: "rules/darshan.smk"
 include: "rules/report.smk"
 
 
+# Only the training jobs and the storage baseline go to a cluster; the analysis
+# rules are short and run where Snakemake runs.
+localrules:
+    all,
+    locate_logs,
+    darshan_summary,
+    darshan_metrics,
+    redact,
+    summary_table,
+    rank_view,
+    plot_ranks,
+    plot_modes,
+    insights,
+    report_log_summaries,
+
+
 rule all:
     input:
         final_outputs(),
@@ -28,3 +44,4 @@ onsuccess:
     if table.is_file():
         print(f"\nCheckpoint I/O by mode ({table}):\n")
         print(table.read_text())
+    build_report()

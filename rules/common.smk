@@ -57,6 +57,7 @@ RUN_MODES = [mode for mode in MODES if mode not in EXISTING]
 RANKS = config["launch"]["nodes"] * config["launch"]["ranks_per_node"]
 CHECKPOINT_ROOT = Path(os.path.expandvars(os.path.expanduser(config["checkpoint"]["root"]))).absolute()
 
+
 # Resources of a job with one task per rank: the training jobs and the storage baseline.
 # Slurm (snakemake-executor-plugin-slurm): one task per rank and, with cuda, one GPU per
 # rank (sbatch --gpus is a total); tasks_per_gpu=0 leaves --ntasks-per-gpu out. With mpi
@@ -203,6 +204,39 @@ def shared_text_files():
         files += [str(processes_path(mode)), str(darshan_dir(mode) / "locate.json"),
                   str(metrics_path(mode)), str(metrics_path(mode).with_name("per_process.csv"))]
     return files
+
+
+def baseline_inputs():
+    """The storage baseline's result, when it is enabled and some mode is run here."""
+    if config["baseline"]["enabled"] and RUN_MODES:
+        return [str(RESULTS / "baseline" / "baseline.json")]
+    return []
+
+
+def build_report():
+    """Build results/report.html with `snakemake --report` once every final output exists.
+
+    Snakemake builds a report only in a run of its own, so this starts one with the
+    same config after a successful run. A failure is logged, never raised: the
+    results are complete without the report.
+    """
+    import subprocess
+
+    import yaml
+
+    if not all(Path(path).exists() for path in final_outputs()):
+        return
+    LOGS.mkdir(parents=True, exist_ok=True)
+    config_file = LOGS / "report_config.yaml"
+    config_file.write_text(yaml.safe_dump(dict(config)))
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(Path(workflow.basedir) / "Snakefile"),
+               "--directory", ".", "--configfile", str(config_file), "--report", str(RESULTS / "report.html")]
+    with open(LOGS / "report.log", "w") as report_log:
+        completed = subprocess.run(command, stdout=report_log, stderr=subprocess.STDOUT, check=False)
+    if completed.returncode == 0:
+        print(f"Report: {RESULTS / 'report.html'}")
+    else:
+        print(f"Building {RESULTS / 'report.html'} failed; see {LOGS / 'report.log'}")
 
 
 def final_outputs():

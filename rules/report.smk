@@ -26,6 +26,7 @@ rule summary_table:
     input:
         metrics=[str(metrics_path(mode)) for mode in MODES],
         summaries=lambda wildcards: [html for mode in MODES for html in summary_html_of(mode)],
+        baseline=baseline_inputs(),
     output:
         csv=report(
             str(RESULTS / "summary.csv"),
@@ -37,9 +38,12 @@ rule summary_table:
         CONDA_ENV
     log:
         str(LOGS / "summary_table.log"),
+    params:
+        baseline=lambda wildcards, input: quote_arguments(["--baseline", *input.baseline] if input.baseline else []),
     shell:
         f"{PYTHON} {script('summary_table.py')}"
-        " --metrics {input.metrics:q} --csv {output.csv:q} --markdown {output.markdown:q} > {log:q} 2>&1"
+        " --metrics {input.metrics:q} {params.baseline} --csv {output.csv:q} --markdown {output.markdown:q}"
+        " > {log:q} 2>&1"
 
 
 rule rank_view:

@@ -20,5 +20,5 @@ rule train:
         *config["launch"].get("envmodules", []),
     shell:
         f"{PYTHON} {script('run_training.py')}"
-        " --mode {wildcards.mode} --settings {params.settings:q} --output-dir {params.output_dir:q}"
+        " --mode {wildcards.mode} --settings {params.settings:q} --output-dir {params.output_dir:q} --cores {threads}"
         " > {log:q} 2>&1"

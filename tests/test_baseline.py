@@ -60,3 +60,29 @@ def test_baseline_job_two_ranks(tmp_path):
     assert result["read_mib_per_s"] > 0
     assert result["page_cache_dropped_before_read"] is True
     assert list((tmp_path / "baseline").iterdir()) == []
+
+
+def test_table_judges_modes_against_baseline():
+    import summary_table
+
+    row = {"checkpoint_bytes_on_disk": 3 * 100 * MIB, "checkpoints": 3, "completion_mean_s": 2.0,
+           "bandwidth_by_slowest_mib_per_s": 40.0, "restore_throughput_mib_per_s": 150.0}
+    baseline = {"write_mib_per_s": 100.0, "read_mib_per_s": 300.0}
+
+    judged = summary_table.add_baseline(dict(row), baseline)
+
+    assert judged["save_fraction_of_baseline"] == 0.5
+    assert judged["darshan_fraction_of_baseline"] == 0.4
+    assert judged["restore_fraction_of_baseline"] == 0.5
+
+
+def test_table_without_baseline_or_trace():
+    import summary_table
+
+    untraced = {"checkpoint_bytes_on_disk": 300, "checkpoints": 3, "completion_mean_s": 1.0,
+                "bandwidth_by_slowest_mib_per_s": summary_table.NOT_TRACED}
+
+    judged = summary_table.add_baseline(dict(untraced), {"write_mib_per_s": 100.0, "read_mib_per_s": 300.0})
+
+    assert judged["darshan_fraction_of_baseline"] is None
+    assert summary_table.add_baseline(dict(untraced), None) == untraced

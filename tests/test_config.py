@@ -291,3 +291,21 @@ def test_snakemake_fails_early_when_darshan_required(tmp_path):
     assert result.returncode != 0
     assert "libdarshan.so was not found" in output
     assert f"{tmp_path}/missing" in output
+
+
+
+def test_more_ranks_than_local_cores_rejected():
+    import run_training
+
+    with pytest.raises(run_training.TrainingJobError) as error:
+        run_training.check_local_cores("torchrun", world_size=3, cores=2, oversubscribe=False)
+
+    assert "is 3 ranks, but this job may use 2 cores" in str(error.value)
+    assert "launch.oversubscribe: true" in str(error.value)
+
+
+def test_more_ranks_than_cores_allowed():
+    import run_training
+
+    run_training.check_local_cores("torchrun", world_size=3, cores=2, oversubscribe=True)
+    run_training.check_local_cores("srun", world_size=8, cores=1, oversubscribe=False)

@@ -99,6 +99,11 @@ def test_local_run_untraced(tmp_path):
     assert (table["bytes_written_checkpoint"] == "not traced").all()
     assert (table["checkpoints"] == 2).all()
     assert (table["blocking_mean_s"] > 0).all()
+    assert (tmp_path / "results" / "report.html").stat().st_size > 0
+    assert list((tmp_path / "results" / "plots").glob("modes_*.png"))
+    assert (tmp_path / "results" / "insights.md").is_file()
+    assert (table["integrity"] == "ok").all()
+    assert (table["baseline_write_mib_per_s"] > 0).all()
     for mode in table["mode"]:
         manifest = json.loads((tmp_path / "results" / mode / "train" / "manifest.json").read_text())
         on_disk = sum(path.stat().st_size for path in (tmp_path / "checkpoints" / "e2e" / mode).rglob("*") if path.is_file())
@@ -117,5 +122,7 @@ def test_local_run_traced(tmp_path):
     table = pd.read_csv(tmp_path / "results" / "summary.csv")
     for row in table.itertuples():
         manifest = json.loads((tmp_path / "results" / row.mode / "train" / "manifest.json").read_text())
-        assert int(row.bytes_written_checkpoint) >= sum(c["bytes"] for c in manifest["checkpoints"])
-        assert row.flags != row.flags or "partial" not in row.flags
+        assert int(row.bytes_written_checkpoint) == sum(c["bytes"] for c in manifest["checkpoints"])
+        on_disk_by_rank = [sum(c["bytes_by_rank"].get(str(rank), 0) for c in manifest["checkpoints"]) for rank in (0, 1)]
+        assert row.checkpoint_bytes_by_rank == " / ".join(str(number) for number in on_disk_by_rank)
+        assert not isinstance(row.flags, str) or "partial" not in row.flags

@@ -317,6 +317,9 @@ def compute(mode: str, processes: pd.DataFrame, logs_dir: Path, info: dict, mani
         "job_id": manifest.get("job_id") if manifest else None,
         "flags": [],
     }
+    integrity = result["application"].get("integrity") or ""
+    if integrity.startswith("mismatch"):
+        result["flags"].append(f"integrity {integrity}")
     if not result["traced"]:
         result["flags"].append("not traced")
         return result, pd.DataFrame()

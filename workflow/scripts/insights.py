@@ -188,7 +188,7 @@ def check_small_writes(evidence: ModeEvidence, limits: Thresholds) -> Insight | 
     return Insight(
         check="small_writes", mode=evidence.mode, level="high",
         title=f"{small:,} checkpoint writes ({_percent(share)}) are at most 1 MiB",
-        details=[f"most common write sizes: {common}" if common else "no common access sizes recorded",
+        details=[f"most common access sizes (reads and writes, POSIX_ACCESS1-4): {common}" if common else "no common access sizes recorded",
                  "each small write is one system call, and on a parallel file system often one network request"],
         suggestion="Write in large blocks: serialise into memory and write the buffer at once (torch.save into an "
                    "io.BytesIO, then one write of its contents). DCP's default format calls torch.save per tensor, so "

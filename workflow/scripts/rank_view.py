@@ -41,6 +41,11 @@ ASYNC_MODES = ("dcp_async", "dcp_async_process")
 INTERVAL_COLUMNS = ["log", "pid", "role", "rank", "module", "file", "checkpoint", "kind",
                     "start_unix_s", "end_unix_s", "source"]
 PHASE_COLUMNS = ["rank", "step", "kind", "start_unix_s", "end_unix_s"]
+PER_RANK_COLUMNS = ["rank", "processes", "checkpoint_bytes_written", "checkpoint_files_opened",
+                    "checkpoint_write_time_s", "checkpoint_fsync_time_s", "checkpoint_meta_time_s",
+                    "checkpoint_posix_writes", "checkpoint_small_writes", "checkpoint_io_time_s",
+                    "write_busy_s", "blocked_s", "hidden_s", "hidden_s_min", "hidden_s_max",
+                    "hidden_share", "hidden_share_min", "hidden_share_max", "checkpoint_bytes_share"]
 # Kinds of phase during which a rank's training loop does not run because of a save.
 BLOCKING_PHASES = ("blocked", "final_wait")
 # Fractions of each log's largest clock bias tried when bounding the hidden write time.
@@ -445,10 +450,9 @@ def per_rank_table(files: pd.DataFrame, intervals: pd.DataFrame, phases: pd.Data
         row.update(rank_timing(writes_by_rank.get(rank, intervals.iloc[0:0]), phases_by_rank.get(rank, phases.iloc[0:0]),
                                bias_max_s))
         rows.append(row)
-    table = pd.DataFrame(rows)
-    if len(table):
-        total = table["checkpoint_bytes_written"].sum()
-        table["checkpoint_bytes_share"] = table["checkpoint_bytes_written"] / total if total else 0.0
+    table = pd.DataFrame(rows, columns=PER_RANK_COLUMNS)
+    total = table["checkpoint_bytes_written"].sum()
+    table["checkpoint_bytes_share"] = table["checkpoint_bytes_written"] / total if total else 0.0
     return table
 
 
@@ -495,7 +499,7 @@ def log_problems(processes: pd.DataFrame, logs: dict[str, LogCheckpointIO], erro
     """List the logs that are partial, unfinished or unreadable, and the job's processes with no log."""
     problems = []
     for row in processes.itertuples():
-        base = {"log": row.log, "pid": int(row.pid), "role": row.role,
+        base = {"log": row.log, "pid": None if pd.isna(row.pid) else int(row.pid), "role": row.role,
                 "rank": None if pd.isna(row.rank) else int(row.rank)}
         error = row.error or errors.get(row.log)
         if error:

@@ -426,13 +426,20 @@ def merge_integrity(records: Mapping[int, dict]) -> tuple[str, dict | None]:
     if not checked:
         return "not checked: no rank kept the state of the last save", None
     differing = [f"{name} (rank {rank})" for rank, result in checked.items() for name in result["differing"]]
+    replicated = [f"{name} (rank {rank})" for rank, result in checked.items()
+                  for name in result.get("replicated_buffers_from_other_rank", [])]
     detail = {
         "step": restores[min(restores)]["step"],
         "ranks_checked": sorted(checked),
         "tensors_checked": sum(result["tensors_checked"] for result in checked.values()),
         "differing": differing,
+        "replicated_buffers_from_other_rank": replicated,
     }
-    return integrity_text(differing), detail
+    verdict = integrity_text(differing)
+    if verdict == "ok" and replicated:
+        verdict = (f"ok ({len(replicated)} unsharded buffers, such as BatchNorm statistics, hold the copy "
+                   "of the rank that DCP saved them from)")
+    return verdict, detail
 
 
 def integrity_text(differing: list[str]) -> str:
@@ -635,7 +642,25 @@ def write_json_atomically(path: Path, data: Any) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def run_job(mode: str, settings: dict, output_dir: Path, environ: Mapping[str, str]) -> dict:
+def check_local_cores(launcher: str, world_size: int, cores: int | None, oversubscribe: bool) -> None:
+    """Reject a torchrun job with more ranks than the cores Snakemake gave it, unless oversubscribe allows it.
+
+    Ranks that share cores wait for each other, and every time the job measures
+    includes that wait.
+
+    Raises:
+        TrainingJobError: naming the ranks, the cores and the settings that fix it.
+    """
+    if launcher != "torchrun" or cores is None or oversubscribe or world_size <= cores:
+        return
+    raise TrainingJobError(
+        f"launch.nodes x launch.ranks_per_node is {world_size} ranks, but this job may use {cores} cores "
+        "(--cores or the profile's cores). Lower launch.ranks_per_node, run with more cores, or set "
+        "launch.oversubscribe: true to accept ranks that compete for cores."
+    )
+
+
+def run_job(mode: str, settings: dict, output_dir: Path, environ: Mapping[str, str], cores: int | None = None) -> dict:
     """Prepare, launch and merge one training job, and return the manifest written to ``DIR/manifest.json``.
 
     Raises:
@@ -647,6 +672,8 @@ def run_job(mode: str, settings: dict, output_dir: Path, environ: Mapping[str, s
     launch = settings["launch"]
     world_size = launch["nodes"] * launch["ranks_per_node"]
     checkpoint_dir = Path(settings["checkpoint"]["dir"])
+    launcher = choose_launcher(launch.get("launcher", "auto"), environ)
+    check_local_cores(launcher, world_size, cores, bool(launch.get("oversubscribe", False)))
 
     prepare_output_dir(output_dir)
     clear_checkpoints(checkpoint_dir)
@@ -654,7 +681,6 @@ def run_job(mode: str, settings: dict, output_dir: Path, environ: Mapping[str, s
     settings_file = output_dir / "job_settings.json"
     write_json_atomically(settings_file, settings)
 
-    launcher = choose_launcher(launch.get("launcher", "auto"), environ)
     command = build_launch_command(launcher, launch["nodes"], launch["ranks_per_node"],
                                    training_arguments(mode, settings_file, output_dir))
     launch_env = launch_variables(launcher, environ, output_dir)
@@ -721,6 +747,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="job settings as a JSON object, or @path to a JSON file")
     parser.add_argument("--output-dir", required=True, type=Path,
                         help="job output directory for manifest.json, ranks/ and darshan-logs/")
+    parser.add_argument("--cores", type=int,
+                        help="cores Snakemake gave this job; a torchrun job needs one per rank")
     return parser.parse_args(argv)
 
 
@@ -736,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         settings = load_settings(arguments.settings)
-        run_job(arguments.mode, settings, arguments.output_dir, os.environ)
+        run_job(arguments.mode, settings, arguments.output_dir, os.environ, arguments.cores)
     except TrainingJobError as error:
         log.error("%s", error)
         return 1

@@ -7,6 +7,7 @@ that torchvision must know. Each error names the key, the value and the fix.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -109,7 +110,8 @@ def check_model_name(name: str) -> None:
 
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
-        close = [candidate for candidate in known if candidate.split("_")[0] == name.split("_")[0]]
+        close = difflib.get_close_matches(name, known, n=8, cutoff=0.6)
+        close += [c for c in known if c.split("_")[0] == name.split("_")[0] and c not in close]
         hint = f" Similar names: {', '.join(close[:8])}." if close else ""
         raise ConfigError(
             f"model.name: {name!r} is not a torchvision classification model.{hint} "

@@ -1,9 +1,9 @@
 """Measure the checkpoint file system's own sequential write and read bandwidth.
 
 The baseline job runs the same ranks as a training job, launched the same way
-(torchrun or srun). Each rank writes as many bytes as it holds of a checkpoint to
-its own file in large sequential writes, fsyncs and closes it; then, with the
-file's pages dropped from the page cache, reads it back. Ranks start each phase
+(torchrun or srun). Each rank writes its share of a checkpoint to its own file in
+large sequential writes, fsyncs and closes it. Then it drops the file's pages from
+the page cache and reads the file back. Ranks start each phase
 together on a barrier, and a phase lasts until the last rank is done, as a
 checkpoint does. The bandwidth of each mode is then judged as a fraction of this
 one: what the file system delivers to plain large writes from these ranks.
@@ -128,7 +128,7 @@ def run_rank(directory: Path, bytes_per_rank: int, block_bytes: int, repeats: in
 def bytes_per_rank_from_manifests(manifests: list[dict]) -> int:
     """Return the largest checkpoint's size divided by its job's ranks.
 
-    That is what each rank holds of a checkpoint when it is sharded evenly, as DCP does.
+    That is each rank's share of a checkpoint sharded evenly, as DCP shards it.
 
     Raises:
         ValueError: no manifest records a checkpoint.

@@ -1,6 +1,6 @@
 """Aggregate every mode's metrics into one comparison table (CSV and Markdown).
 
-The table answers, per mode: what I/O did it do, how many files did it open, how
+The table shows, per mode: what I/O did it do, how many files did it open, how
 much data did it write, and what bandwidth did it reach, both as Darshan saw it
 and as the training loop felt it (the time it was blocked per checkpoint).
 """
@@ -33,7 +33,7 @@ HEADERS = {
     "checkpoint_bytes_by_rank": "checkpoint bytes by rank",
     "write_ops_checkpoint": "write ops (checkpoint)",
     "mean_write_size_bytes": "mean write size",
-    "common_write_size_bytes": "most common access size",
+    "common_write_size_bytes": "most common access size (reads and writes)",
     "fsyncs_checkpoint": "fsyncs",
     "slowest_rank_io_time_s": "Darshan I/O time, slowest rank (s)",
     "bandwidth_by_slowest_mib_per_s": "Darshan bandwidth by slowest rank (MiB/s)",
@@ -43,16 +43,21 @@ HEADERS = {
     "read_bandwidth_mib_per_s": "Darshan read bandwidth (MiB/s, bytes / summed read time)",
     "blocking_mean_s": "blocking per checkpoint (s)",
     "completion_mean_s": "save completed after (s)",
-    "blocking_throughput_mib_per_s": "throughput while blocked (MiB/s)",
-    "checkpoint_bytes_on_disk": "checkpoint bytes on disk",
+    "blocking_throughput_mib_per_s": "checkpoint size / blocking time (MiB/s, not an I/O rate)",
+    "checkpoint_bytes_on_disk": "checkpoint bytes on disk (all checkpoints)",
     "restore_load_max_s": "restore of last checkpoint, slowest rank (s)",
-    "restore_throughput_mib_per_s": "restore throughput (MiB/s)",
+    "restore_throughput_mib_per_s": "restore throughput (MiB/s, load and deserialisation)",
     "restore_page_cache": "page cache before restore",
     "integrity": "integrity of last checkpoint",
+    "baseline_write_mib_per_s": "storage baseline write (MiB/s)",
+    "save_fraction_of_baseline": "save throughput / baseline write",
+    "darshan_fraction_of_baseline": "Darshan bandwidth / baseline write",
+    "baseline_read_mib_per_s": "storage baseline read (MiB/s)",
+    "restore_fraction_of_baseline": "restore throughput / baseline read",
     "flags": "flags",
 }
 BYTE_COLUMNS = {"bytes_written_total", "bytes_written_checkpoint", "mean_write_size_bytes",
-                "common_write_size_bytes", "checkpoint_bytes_on_disk"}
+                "common_write_size_bytes", "checkpoint_bytes_on_disk", "bytes_read_checkpoint"}
 DARSHAN_COLUMNS = ["files_opened_total", "files_opened_checkpoint", "bytes_written_total",
                    "bytes_written_checkpoint", "checkpoint_bytes_by_rank", "write_ops_checkpoint",
                    "mean_write_size_bytes", "common_write_size_bytes", "fsyncs_checkpoint",
@@ -108,9 +113,41 @@ def table_row(metrics: dict) -> dict:
     return row
 
 
-def build_table(metrics: list[dict]) -> pd.DataFrame:
+def ratio(numerator, denominator) -> float | None:
+    """Return numerator / denominator, or None when either is missing, not a number or zero."""
+    if not isinstance(numerator, (int, float)) or not isinstance(denominator, (int, float)) or not denominator:
+        return None
+    return numerator / denominator
+
+
+def add_baseline(row: dict, baseline: dict | None) -> dict:
+    """Judge a mode's bandwidths against the storage baseline.
+
+    The save throughput is the checkpoint size over the time until the save was
+    complete, which for synchronous modes is the time training was blocked. So an
+    async save is judged by when its data was on disk, not by how briefly it blocked.
+    """
+    if not baseline:
+        return row
+    completion_s = row.get("completion_mean_s")
+    size_bytes = row.get("checkpoint_bytes_on_disk")
+    checkpoints = row.get("checkpoints")
+    save_mib_per_s = None
+    if isinstance(size_bytes, (int, float)) and isinstance(checkpoints, (int, float)) and checkpoints:
+        save_mib_per_s = ratio(size_bytes / checkpoints / 1024**2, completion_s)
+    row.update({
+        "baseline_write_mib_per_s": baseline["write_mib_per_s"],
+        "baseline_read_mib_per_s": baseline["read_mib_per_s"],
+        "save_fraction_of_baseline": ratio(save_mib_per_s, baseline["write_mib_per_s"]),
+        "darshan_fraction_of_baseline": ratio(row.get("bandwidth_by_slowest_mib_per_s"), baseline["write_mib_per_s"]),
+        "restore_fraction_of_baseline": ratio(row.get("restore_throughput_mib_per_s"), baseline["read_mib_per_s"]),
+    })
+    return row
+
+
+def build_table(metrics: list[dict], baseline: dict | None = None) -> pd.DataFrame:
     """Build the comparison table, one row per mode, in the order given."""
-    return pd.DataFrame([table_row(m) for m in metrics], columns=list(HEADERS))
+    return pd.DataFrame([add_baseline(table_row(m), baseline) for m in metrics], columns=list(HEADERS))
 
 
 def _format(column: str, value) -> str:
@@ -142,11 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, nargs="+", required=True, help="metrics.json of each mode")
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--markdown", type=Path, required=True)
+    parser.add_argument("--baseline", type=Path, help="baseline.json of the storage baseline job")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     metrics = [json.loads(path.read_text()) for path in args.metrics]
-    table = build_table(metrics)
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    table = build_table(metrics, baseline)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False)
     args.markdown.write_text(to_markdown(table))

@@ -847,6 +847,14 @@ class Checkpointer:
 
         checked = self.expected_state is not None and record.step == self.verify_step
         differing = compare_states(self.expected_state, flatten_tensors(state)) if checked else []
+        replicated_buffers = []
+        if self.mode != "torch_save":
+            # FSDP leaves buffers such as BatchNorm's running statistics unsharded and
+            # unsynchronised, and DCP saves one rank's copy of a replicated tensor, so the
+            # other ranks restore that copy: counted apart, not as a mismatch.
+            buffer_names = {f"model/{name}" for name, _ in model.named_buffers()}
+            replicated_buffers = [name for name in differing if name in buffer_names]
+            differing = [name for name in differing if name not in buffer_names]
         log.info("restored checkpoint step %d in %.3f s (%s); page cache %s; integrity %s", record.step, load_s,
                  format_bytes(sum(os.stat(file).st_size for file in files)),
                  "dropped" if page_cache["dropped"] else f"not dropped ({page_cache})",
@@ -860,7 +868,7 @@ class Checkpointer:
             "bytes": sum(os.stat(file).st_size for file in files),
             "page_cache": page_cache,
             "integrity": {"checked": checked, "tensors_checked": len(self.expected_state) if checked else 0,
-                          "differing": differing},
+                          "differing": differing, "replicated_buffers_from_other_rank": replicated_buffers},
         }
 
     def _failure(self, path: Path, error: BaseException) -> CheckpointSaveError:
