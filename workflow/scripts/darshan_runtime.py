@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 LIBRARY_NAME = "libdarshan.so"
 
 # Environment variables that site modules and package managers set to a Darshan
-# installation prefix. The first one that holds lib/libdarshan.so wins.
+# installation prefix. The first one that contains lib/libdarshan.so wins.
 PREFIX_VARIABLES = ("DARSHAN_BASE_DIR", "DARSHAN_ROOT", "DARSHAN_PREFIX", "DARSHAN_INSTALL_DIR")
 
 # Python opens about 2,200 files per process while importing torch. Darshan's default

@@ -545,7 +545,7 @@ def mark_incomplete(checkpoint_dir: Path, incomplete: list[dict], mode: str, run
 
 
 def free_space_text(directory: Path) -> str:
-    """Describe the free space of the file system that holds ``directory``, for failure messages."""
+    """Describe the free space of the file system that contains ``directory``, for failure messages."""
     existing = directory if directory.exists() else directory.parent
     try:
         usage = shutil.disk_usage(existing)

@@ -129,7 +129,7 @@ def check_existing_logs(existing: dict, modes: list[str]) -> None:
             )
         logs = expand_path(f"existing_logs.{mode}.logs", entry["logs"])
         if not logs.is_dir():
-            raise ConfigError(f"existing_logs.{mode}.logs: {str(logs)!r} is not a directory. Give the directory that holds the .darshan files.")
+            raise ConfigError(f"existing_logs.{mode}.logs: {str(logs)!r} is not a directory. Give the directory that contains the .darshan files.")
         if entry.get("manifest"):
             manifest = expand_path(f"existing_logs.{mode}.manifest", entry["manifest"])
             if not manifest.is_file():
