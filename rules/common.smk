@@ -46,7 +46,11 @@ except slurm_settings.SlurmSettingsError as error:
     raise WorkflowError(str(error)) from None
 
 try:
-    settings_check.validate_config(config, Path(workflow.basedir) / "config" / "schema" / "config.schema.yaml")
+    settings_check.validate_config(
+        config,
+        Path(workflow.basedir) / "config" / "schema" / "config.schema.yaml",
+        sources=", ".join(["config/config.yaml", *map(str, workflow.overwrite_configfiles)]) + " and --config",
+    )
     settings_check.check_config(config)
 except settings_check.ConfigError as error:
     raise WorkflowError(str(error)) from None

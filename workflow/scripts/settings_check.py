@@ -54,8 +54,11 @@ def _describe(error) -> str:
     return f"{key}: {error.message}{hint}."
 
 
-def validate_config(config: dict, schema_path: Path) -> None:
+def validate_config(config: dict, schema_path: Path, sources: str = "config/config.yaml or --config") -> None:
     """Validate the config against the schema and fill in defaults.
+
+    Args:
+        sources: where the config came from, named in the error.
 
     Raises:
         ConfigError: listing every invalid key with its value and what is allowed.
@@ -64,7 +67,7 @@ def validate_config(config: dict, schema_path: Path) -> None:
     errors = sorted(DefaultingValidator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = "\n  ".join(_describe(error) for error in errors)
-        raise ConfigError(f"invalid config (config/config.yaml or --config):\n  {lines}")
+        raise ConfigError(f"invalid config (from {sources}):\n  {lines}")
 
 
 def expand_path(key: str, value: str) -> Path:
