@@ -1,7 +1,7 @@
 """Read Darshan logs with PyDarshan into the few tables this workflow needs.
 
 One log is one process: the non-MPI Darshan runtime writes a log per process and
-each says ``nprocs=1`` and rank 0. A damaged log raises :class:`LogReadError`
+each records ``nprocs=1`` and rank 0. A damaged log raises :class:`LogReadError`
 with the path, what is wrong and what to do, so the caller can flag it instead
 of losing it.
 """
@@ -71,7 +71,7 @@ class LogReadError(RuntimeError):
 
 @dataclass
 class LogName:
-    """What a Darshan log's file name says about the process that wrote it.
+    """Job id, PID and state of a process, parsed from the file name of its Darshan log.
 
     ``jobid`` and ``pid`` are None for a file whose name is not a Darshan log
     name, and ``problem`` is set for a directory entry that cannot be read as a
@@ -334,7 +334,7 @@ def read_logs(paths: list[Path], workers: int | None = None) -> dict[Path, "LogC
     again alone in its own process, and the one that crashes it is reported.
 
     Returns:
-        For each path, its contents or the LogReadError that says why it is unusable.
+        For each path, its contents or the LogReadError that gives why it is unusable.
     """
     paths = [Path(path) for path in paths]
     results: dict[Path, LogContents | LogReadError] = {}

@@ -1,6 +1,6 @@
 """Find a job's Darshan logs, copy them into the results and name each process's role.
 
-Non-MPI Darshan logs carry no rank of their own: every log says ``nprocs=1`` and
+Non-MPI Darshan logs carry no rank of their own: every log records ``nprocs=1`` and
 rank 0. The rank and role of each log's process come from the job's manifest
 (PIDs recorded by the training job) or, for logs of an earlier run without a
 manifest, are inferred from the log itself: its command line and the checkpoint

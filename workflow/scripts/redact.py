@@ -11,7 +11,7 @@ changes the originals:
   The log's contents are not rewritten, so the copy still contains the command line,
   the file names and the uid that Darshan recorded.
 
-A user name with a letter in it is replaced wherever it stands as a word of its
+A user name with a letter in it is replaced wherever it is a word of its
 own. A numeric user part (Darshan writes the uid when it finds no user name) is
 replaced only at the start of a Darshan log name, because digits alone occur in
 every table.

@@ -66,7 +66,7 @@ log = logging.getLogger("train_checkpoint")
 MODES = ("torch_save", "dcp", "dcp_async", "dcp_async_process")
 ASYNC_MODES = ("dcp_async", "dcp_async_process")
 
-# How each mode restores a checkpoint, as the manifest records it.
+# Restore method of each mode, as the manifest records it.
 RESTORE_METHODS = {
     "torch_save": "torch.load on rank 0, then a broadcast of every tensor to all ranks",
     "dcp": "dcp.load on every rank into its sharded state dict, then set_state_dict",
