@@ -15,6 +15,7 @@ include: "rules/train.smk"
 include: "rules/baseline.smk"
 include: "rules/darshan.smk"
 include: "rules/report.smk"
+include: "rules/sweep.smk"
 
 
 # Only the training jobs and the storage baseline go to a cluster; the analysis
@@ -31,6 +32,10 @@ localrules:
     plot_modes,
     insights,
     report_log_summaries,
+    sweep_locate_logs,
+    sweep_darshan_metrics,
+    sweep_table,
+    sweep_plot,
 
 
 rule all:
@@ -40,8 +45,9 @@ rule all:
 
 
 onsuccess:
-    table = RESULTS / "summary.md"
+    table = SWEEP_DIR / "sweep.md" if SWEEP else RESULTS / "summary.md"
     if table.is_file():
-        print(f"\nCheckpoint I/O by mode ({table}):\n")
+        title = "Checkpoint I/O by mode and sweep point" if SWEEP else "Checkpoint I/O by mode"
+        print(f"\n{title} ({table}):\n")
         print(table.read_text())
     build_report()

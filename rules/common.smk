@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ def quote_arguments(arguments):
 import darshan_runtime  # noqa: E402
 import settings_check  # noqa: E402
 import slurm_settings  # noqa: E402
+import sweep_points  # noqa: E402
 
 
 # ---- config -----------------------------------------------------------------
@@ -62,26 +64,43 @@ RANKS = config["launch"]["nodes"] * config["launch"]["ranks_per_node"]
 CHECKPOINT_ROOT = Path(os.path.expandvars(os.path.expanduser(config["checkpoint"]["root"]))).absolute()
 
 
-# Resources of a job with one task per rank: the training jobs and the storage baseline.
-# Slurm (snakemake-executor-plugin-slurm): one task per rank and, with cuda, one GPU per
-# rank (sbatch --gpus is a total); tasks_per_gpu=0 leaves --ntasks-per-gpu out. With mpi
-# the plugin runs the command in the batch script, so the job's own srun starts the only
-# step. The plugin rejects mpi for one task, so a one-rank job runs inside the plugin's
-# srun step and run_training.py passes srun --overlap. The local profile offers one
-# training slot, so these jobs never overlap there.
-RANK_JOB_RESOURCES = {
-    "nodes": config["launch"]["nodes"],
-    "tasks": RANKS,
-    "cpus_per_task": 1,
-    "gpu": RANKS if config["launch"]["device"] == "cuda" else 0,
-    "tasks_per_gpu": 0,
-    **({"mpi": "srun"} if RANKS > 1 else {}),
-    "training_slots": 1,
-}
+# A sweep (sweep.enabled) runs every mode at every point, sweep.repeats times, in
+# results/sweep/<point>/<repeat>/<mode>/ instead of the single run in results/<mode>/.
+SWEEP = settings_check.sweep_enabled(config)
+SWEEP_POINTS = {point.name: point for point in sweep_points.sweep_points(config)} if SWEEP else {}
+SWEEP_REPEATS = sweep_points.repeat_names(config["sweep"]["repeats"]) if SWEEP else []
+if SWEEP:
+    print(sweep_points.describe(list(SWEEP_POINTS.values()), MODES, len(SWEEP_REPEATS)), file=sys.stderr)
+
+
+def rank_job_resources(nodes, ranks):
+    """Resources of a job with one task per rank: the training jobs and the storage baseline.
+
+    Slurm (snakemake-executor-plugin-slurm): one task per rank and, with cuda, one GPU per
+    rank (sbatch --gpus is a total); tasks_per_gpu=0 leaves --ntasks-per-gpu out. With mpi
+    the plugin runs the command in the batch script, so the job's own srun starts the only
+    step. The plugin rejects mpi for one task, so a one-rank job runs inside the plugin's
+    srun step and run_training.py passes srun --overlap. The local profile offers one
+    training slot, so these jobs never overlap there.
+    """
+    return {
+        "nodes": nodes,
+        "tasks": ranks,
+        "cpus_per_task": 1,
+        "gpu": ranks if config["launch"]["device"] == "cuda" else 0,
+        "tasks_per_gpu": 0,
+        **({"mpi": "srun"} if ranks > 1 else {}),
+        "training_slots": 1,
+    }
+
+
+RANK_JOB_RESOURCES = rank_job_resources(config["launch"]["nodes"], RANKS)
 
 wildcard_constraints:
     mode="|".join(MODES),
     log=r"[^/]+",
+    point="|".join(re.escape(name) for name in SWEEP_POINTS) or "no-sweep",
+    repeat="|".join(SWEEP_REPEATS) or "no-sweep",
 
 
 # ---- Darshan runtime ----------------------------------------------------------
@@ -129,6 +148,25 @@ def checkpoint_dir(mode):
     return CHECKPOINT_ROOT / config["run_id"] / mode
 
 
+SWEEP_DIR = RESULTS / "sweep"
+# Pattern of one sweep run's results directory, with the wildcards of the sweep rules.
+SWEEP_RUN = str(SWEEP_DIR / "{point}" / "{repeat}" / "{mode}")
+SWEEP_LOGS = str(LOGS / "sweep" / "{point}" / "{repeat}" / "{mode}")
+
+
+def sweep_run_dir(point, repeat, mode):
+    return SWEEP_DIR / point / repeat / mode
+
+
+def sweep_checkpoint_dir(point, repeat, mode):
+    return CHECKPOINT_ROOT / config["run_id"] / "sweep" / point / repeat / mode
+
+
+def sweep_runs():
+    """Every (point, repeat, mode) of the sweep, points outermost."""
+    return [(point, repeat, mode) for point in SWEEP_POINTS for repeat in SWEEP_REPEATS for mode in MODES]
+
+
 # ---- inputs and parameters --------------------------------------------------
 
 def locate_input(wildcards):
@@ -150,9 +188,15 @@ def locate_arguments(wildcards):
         if entry.get("checkpoint_dir"):
             arguments += ["--checkpoint-dir", entry["checkpoint_dir"]]
     else:
-        arguments += ["--manifest", str(manifest_path(mode)), "--wait-s", str(config["darshan"]["log_wait_s"])]
-        for directory in config["darshan"]["extra_log_dirs"]:
-            arguments += ["--extra-log-dir", os.path.expandvars(directory)]
+        arguments = run_locate_arguments(mode, manifest_path(mode))
+    return arguments
+
+
+def run_locate_arguments(mode, manifest):
+    """Command-line arguments of locate_logs.py for a job that this workflow ran and that wrote ``manifest``."""
+    arguments = ["--mode", mode, "--manifest", str(manifest), "--wait-s", str(config["darshan"]["log_wait_s"])]
+    for directory in config["darshan"]["extra_log_dirs"]:
+        arguments += ["--extra-log-dir", os.path.expandvars(directory)]
     return arguments
 
 
@@ -176,6 +220,36 @@ def training_settings(mode):
                        "keep": config["checkpoint"]["keep"]},
         "darshan": darshan,
     }
+
+
+def sweep_training_settings(point, repeat, mode):
+    """The training settings of one sweep run: the point's nodes, ranks and model, and its own checkpoint directory."""
+    settings = sweep_points.point_settings(training_settings(mode), SWEEP_POINTS[point],
+                                           str(sweep_checkpoint_dir(point, repeat, mode)))
+    settings["run_id"] = f"{config['run_id']}-{point}-{repeat}"
+    return settings
+
+
+def sweep_resource(name):
+    """A resource of a sweep job, which depends on the point's nodes and ranks (see rank_job_resources).
+
+    A rule's resources cannot be left out per job, so a one-rank point gets mpi="".
+    The Slurm plugin submits it as a job without mpi (one task is allowed), and its
+    job-step plugin, which looks only for the key, runs the command in the batch
+    script; run_training.py's srun --overlap then starts the only step.
+    """
+    def resource(wildcards):
+        point = SWEEP_POINTS[wildcards.point]
+        return rank_job_resources(point.nodes, point.ranks).get(name, "")
+
+    return resource
+
+
+def sweep_baseline_inputs(point, repeat):
+    """The storage baseline of one sweep point and repeat, when the baseline is enabled."""
+    if config["baseline"]["enabled"]:
+        return [str(SWEEP_DIR / point / repeat / "baseline" / "baseline.json")]
+    return []
 
 
 def metrics_manifest_arguments(wildcards):
@@ -244,6 +318,9 @@ def build_report():
 
 
 def final_outputs():
+    if SWEEP:
+        # SWEEP_TARGETS (rules/sweep.smk): the sweep's tables and plot.
+        return SWEEP_TARGETS
     # REPORT_TARGETS (rules/report.smk): plots, insights and the per-log summaries of the report.
     # results/shared contains the redacted copies that redact (rules/darshan.smk) writes when redact.enabled is true.
     shared = [str(RESULTS / "shared")] if str(config["redact"]["enabled"]).lower() == "true" else []

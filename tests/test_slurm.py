@@ -398,6 +398,26 @@ def test_single_rank_job_has_no_mpi(tmp_path: Path) -> None:
         assert sbatch_options(sbatch_command(job))["--ntasks"] == "1"
 
 
+def test_sweep_jobs_get_the_ranks_of_their_point(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path / "workflow")
+    run = dry_run(workdir, LOCAL_PROFILE, tmp_path, "--configfile",
+                  str(LOCAL_PROFILE / "workflow-config.yaml"), str(REPOSITORY / "config" / "sweep.yaml"))
+    jobs = [job for job in submitted_jobs(run) if job.rule in ("sweep_train", "sweep_storage_baseline")]
+    train = [job for job in jobs if job.rule == "sweep_train"]
+
+    assert len(train) == 3 * len(MODES) * 3
+    assert len(jobs) - len(train) == 3 * 3
+    for job in jobs:
+        ranks = int(job.wildcards.split("_r")[1].split("_")[0])
+        options = sbatch_options(sbatch_command(job))
+        assert options["--ntasks"] == str(ranks), job.wildcards
+        assert options["--nodes"] == "1"
+        if ranks == 1:
+            assert not job.resources.get("mpi"), job.wildcards
+        else:
+            assert job.resources["mpi"] == "srun", job.wildcards
+
+
 # ---- the local Slurm cluster --------------------------------------------------------
 
 
@@ -596,3 +616,27 @@ def test_single_rank_job_runs_in_plugin_step(slurm_cluster: None, tmp_path: Path
     assert manifest["world_size"] == 1
     # The plugin's srun step and run_training.py's srun step.
     assert len(steps) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sweep_runs_each_point_with_its_ranks(slurm_cluster: None, tmp_path: Path) -> None:
+    """Sweep jobs of one and two ranks, each with as many tasks as ranks and its own srun step."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    override = tmp_path / "sweep.yaml"
+    override.write_text("modes: [torch_save]\nsweep:\n  enabled: true\n  ranks_per_node: [1, 2]\n  repeats: 1\n")
+    run = run_snakemake(workdir, ["--profile", str(LOCAL_PROFILE), "--configfile",
+                                  str(LOCAL_PROFILE / "workflow-config.yaml"), str(override),
+                                  "--until", "sweep_train"], 300,
+                        timeout_hint="An srun without --overlap inside the plugin's step waits for its CPUs forever.")
+    assert run.returncode == 0, run.output[-4000:]
+
+    for ranks in (1, 2):
+        manifest = json.loads((workdir / "results" / "sweep" / f"n1_r{ranks}_small_vit" / "repeat1" / "torch_save"
+                               / "train" / "manifest.json").read_text())
+        assert manifest["launcher"] == "srun"
+        assert manifest["world_size"] == ranks
+        assert manifest["integrity"] == "ok"
+        steps = [row for row in sacct_rows(manifest["job_id"]) if re.fullmatch(rf"{manifest['job_id']}\.\d+", row["JobID"])]
+        # The batch script runs run_training.py, whose srun starts the only step (mpi="" for one rank).
+        assert [row["NTasks"] for row in steps] == [str(ranks)]

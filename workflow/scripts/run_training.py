@@ -717,6 +717,9 @@ def run_job(mode: str, settings: dict, output_dir: Path, environ: Mapping[str, s
         "end_utc": end_utc,
         "world_size": world_size,
         "nodes": launch["nodes"],
+        # Cores Snakemake gave a local job; more ranks than cores means the ranks shared cores.
+        "cores": cores,
+        "oversubscribed": launcher == "torchrun" and cores is not None and world_size > cores,
         "device": records[0]["device"],
         "backend": records[0]["backend"],
         "checkpoint_dir": str(checkpoint_dir),

@@ -139,6 +139,31 @@ def check_existing_logs(existing: dict, modes: list[str]) -> None:
                 raise ConfigError(f"existing_logs.{mode}.manifest: {str(manifest)!r} is not a file. Give the manifest.json of that job or remove the key.")
 
 
+def sweep_enabled(config: dict) -> bool:
+    """Whether sweep.enabled is on, given as a boolean or as the string --config passes."""
+    return str((config.get("sweep") or {}).get("enabled", False)).lower() == "true"
+
+
+def check_sweep(config: dict, existing: dict) -> None:
+    """Check that the sweep's points can be built and its models exist, before any job starts."""
+    import sweep_points
+
+    if existing:
+        raise ConfigError(
+            f"sweep.enabled is true and existing_logs names {', '.join(sorted(existing))}. A sweep runs every "
+            "mode itself; remove existing_logs or set sweep.enabled: false."
+        )
+    try:
+        points = sweep_points.sweep_points(config)
+    except sweep_points.SweepError as error:
+        raise ConfigError(str(error)) from None
+    for name in sorted({point.model["name"] for point in points}):
+        try:
+            check_model_name(name)
+        except ConfigError as error:
+            raise ConfigError(str(error).replace("model.name:", "sweep.models:", 1)) from None
+
+
 def check_config(config: dict) -> None:
     """Run every check that needs the machine; the schema has already passed.
 
@@ -148,6 +173,9 @@ def check_config(config: dict) -> None:
     modes = list(config["modes"])
     existing = dict(config.get("existing_logs") or {})
     check_existing_logs(existing, modes)
+
+    if sweep_enabled(config):
+        check_sweep(config, existing)
 
     modes_to_run = [mode for mode in modes if mode not in existing]
     if not modes_to_run:

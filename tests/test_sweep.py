@@ -1,0 +1,191 @@
+"""Sweeps: the points a config expands to, their checks, and a real sweep run through Snakemake."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+import settings_check
+import sweep_points
+import sweep_table
+from conftest import REPOSITORY
+from test_workflow import TINY_MODEL, run_snakemake
+
+SCHEMA = REPOSITORY / "config" / "schema" / "config.schema.yaml"
+DEFAULT = yaml.safe_load((REPOSITORY / "config" / "config.yaml").read_text())
+
+
+def sweep_config(**sweep) -> dict:
+    config = copy.deepcopy(DEFAULT)
+    config["sweep"] = {"enabled": True, **sweep}
+    settings_check.validate_config(config, SCHEMA)
+    return config
+
+
+def test_repository_sweep_file_is_one_two_four_ranks_three_repeats():
+    config = copy.deepcopy(DEFAULT)
+    config.update(yaml.safe_load((REPOSITORY / "config" / "sweep.yaml").read_text()))
+    settings_check.validate_config(config, SCHEMA)
+
+    points = sweep_points.sweep_points(config)
+
+    assert [point.ranks for point in points] == [1, 2, 4]
+    assert config["sweep"]["repeats"] == 3
+    assert settings_check.sweep_enabled(config)
+
+
+def test_points_cross_nodes_ranks_and_models():
+    config = sweep_config(nodes=[1, 2], ranks_per_node=[1, 4],
+                          models=["small_vit", {"name": "small_vit", "small_vit": {"hidden_dim": 512}}])
+
+    points = sweep_points.sweep_points(config)
+
+    assert len(points) == 8
+    assert [point.name for point in points[:4]] == [
+        "n1_r1_small_vit", "n1_r1_small_vit-hiddendim512", "n1_r4_small_vit", "n1_r4_small_vit-hiddendim512"]
+    assert points[-1].ranks == 8
+    wide = points[1].model
+    assert wide["small_vit"]["hidden_dim"] == 512
+    assert wide["small_vit"]["num_layers"] == DEFAULT["model"]["small_vit"]["num_layers"]
+
+
+def test_empty_lists_stand_for_the_launch_and_model_settings():
+    config = sweep_config()
+
+    points = sweep_points.sweep_points(config)
+
+    assert [point.name for point in points] == ["n1_r2_small_vit"]
+
+
+def test_point_settings_replace_ranks_model_and_checkpoint_dir():
+    config = sweep_config(ranks_per_node=[4], models=[{"name": "resnet18", "label": "rn18"}])
+    point = sweep_points.sweep_points(config)[0]
+    settings = {"mode": "dcp", "model": config["model"], "launch": config["launch"],
+                "checkpoint": {"dir": "/old", "fsync": True}, "training": config["training"]}
+
+    changed = sweep_points.point_settings(settings, point, "/ckpt/sweep/n1_r4_rn18/repeat1/dcp")
+
+    assert changed["launch"]["ranks_per_node"] == 4
+    assert changed["model"]["name"] == "resnet18"
+    assert "label" not in changed["model"]
+    assert changed["checkpoint"] == {"dir": "/ckpt/sweep/n1_r4_rn18/repeat1/dcp", "fsync": True}
+    assert changed["sweep"]["point"] == "n1_r4_rn18"
+    assert settings["launch"]["ranks_per_node"] == 2, "the shared settings must not change"
+
+
+def test_two_models_with_one_label_rejected():
+    config = sweep_config(models=["resnet18", {"name": "resnet50", "label": "resnet18"}])
+
+    with pytest.raises(settings_check.ConfigError, match="more than one entry is named 'resnet18'"):
+        settings_check.check_config(config)
+
+
+def test_heads_that_do_not_divide_hidden_dim_rejected():
+    config = sweep_config(models=[{"name": "small_vit", "small_vit": {"hidden_dim": 250, "num_heads": 4}}])
+
+    with pytest.raises(settings_check.ConfigError, match="hidden_dim 250.*num_heads 4"):
+        settings_check.check_config(config)
+
+
+def test_unknown_sweep_model_named_with_its_key():
+    config = sweep_config(models=["small_vit", "resnet5"])
+
+    with pytest.raises(settings_check.ConfigError, match=r"sweep.models: 'resnet5' is not a torchvision.*resnet50"):
+        settings_check.check_config(config)
+
+
+def test_sweep_with_existing_logs_rejected(tmp_path):
+    config = sweep_config()
+    config["existing_logs"] = {"dcp": {"logs": str(tmp_path)}}
+
+    with pytest.raises(settings_check.ConfigError, match="sweep.enabled is true and existing_logs names dcp"):
+        settings_check.check_config(config)
+
+
+@pytest.mark.parametrize("sweep, key", [
+    ({"ranks_per_node": [0]}, "sweep.ranks_per_node.0"),
+    ({"ranks_per_node": [2, 2]}, "sweep.ranks_per_node"),
+    ({"repeats": 0}, "sweep.repeats"),
+    ({"rank": [1]}, "sweep"),
+    ({"models": [{"name": "small_vit", "small_vit": {"hidden": 3}}]}, "sweep.models.0"),
+])
+def test_schema_rejects_bad_sweep(sweep, key):
+    config = copy.deepcopy(DEFAULT)
+    config["sweep"] = sweep
+
+    with pytest.raises(settings_check.ConfigError) as error:
+        settings_check.validate_config(config, SCHEMA)
+
+    assert f"{key}:" in str(error.value)
+
+
+def test_missing_run_named_with_fix(tmp_path):
+    with pytest.raises(sweep_table.SweepTableError, match="metrics file .*does not exist; rerun the sweep"):
+        sweep_table.run_table(tmp_path, ["n1_r1_small_vit/repeat1/dcp"])
+    with pytest.raises(sweep_table.SweepTableError, match="is not point/repeat/mode"):
+        sweep_table.parse_run("n1_r1_small_vit/dcp")
+
+
+def test_damaged_metrics_named_with_fix(tmp_path):
+    run_dir = tmp_path / "n1_r1_small_vit" / "repeat1" / "dcp"
+    (run_dir / "metrics").mkdir(parents=True)
+    (run_dir / "metrics" / "metrics.json").write_text('{"mode": "dcp", ')
+
+    with pytest.raises(sweep_table.SweepTableError, match="not valid JSON .*delete it and rerun"):
+        sweep_table.run_table(tmp_path, ["n1_r1_small_vit/repeat1/dcp"])
+
+
+@pytest.mark.slow
+def test_sweep_over_ranks_with_repeats(tmp_path):
+    """A real sweep: two modes at 1 and 2 ranks, two repeats each, untraced, with the storage baseline."""
+    config = {**TINY_MODEL, "run_id": "sweep", "modes": ["torch_save", "dcp"],
+              "checkpoint": {"root": str(tmp_path / "checkpoints")}, "darshan": {"enabled": False},
+              "baseline": {"repeats": 1},
+              "sweep": {"enabled": True, "ranks_per_node": [1, 2], "repeats": 2}}
+
+    result = run_snakemake(tmp_path, "--profile", str(REPOSITORY / "profiles" / "local"), config=config)
+
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "sweep: 2 points x 2 modes x 2 repeats = 8 training jobs" in result.stdout
+    sweep_dir = tmp_path / "results" / "sweep"
+    runs = pd.read_csv(sweep_dir / "sweep_runs.csv")
+    assert len(runs) == 8
+    assert sorted(set(runs["point"])) == ["n1_r1_small_vit", "n1_r2_small_vit"]
+    assert (runs["integrity"] == "ok").all()
+    assert not runs["oversubscribed"].any()
+    for run in runs.itertuples():
+        manifest = json.loads((sweep_dir / run.point / run.repeat / run.mode / "train" / "manifest.json").read_text())
+        assert manifest["world_size"] == run.ranks
+        assert manifest["checkpoint_dir"] == str(tmp_path / "checkpoints" / "sweep" / "sweep" / run.point / run.repeat / run.mode)
+        baseline = json.loads((sweep_dir / run.point / run.repeat / "baseline" / "baseline.json").read_text())
+        assert run.baseline_write_mib_per_s == pytest.approx(baseline["write_mib_per_s"])
+
+    summary = pd.read_csv(sweep_dir / "sweep.csv")
+    assert len(summary) == 4
+    assert list(summary["mode"]) == ["torch_save", "dcp", "torch_save", "dcp"]
+    assert list(summary["ranks"]) == [1, 1, 2, 2]
+    assert (summary["runs"] == 2).all()
+    for row in summary.itertuples():
+        repeats = runs[(runs["mode"] == row.mode) & (runs["ranks"] == row.ranks)]["blocking_mean_s"]
+        assert row.blocking_mean_s_median == pytest.approx(repeats.median())
+        assert row.blocking_mean_s_min == pytest.approx(repeats.min())
+        assert row.blocking_mean_s_max == pytest.approx(repeats.max())
+        assert row.blocking_mean_s_spread == pytest.approx((repeats.max() - repeats.min()) / repeats.median())
+
+    values = pd.read_csv(sweep_dir / "plots" / "sweep_values.csv")
+    blocking = values[values["panel"] == "blocking_vs_ranks"]
+    assert sorted(zip(blocking["mode"], blocking["x"])) == [("dcp", 1.0), ("dcp", 2.0),
+                                                             ("torch_save", 1.0), ("torch_save", 2.0)]
+    for point in blocking.itertuples():
+        row = summary[(summary["mode"] == point.mode) & (summary["ranks"] == point.x)].iloc[0]
+        assert point.median == pytest.approx(row["blocking_mean_s_median"])
+    # Untraced runs have no Darshan bandwidth, so the bandwidth panels plot the save throughput.
+    bandwidth = values[(values["panel"] == "bandwidth_vs_ranks") & (values["mode"] == "dcp")]
+    assert list(bandwidth["median"]) == pytest.approx(list(summary[summary["mode"] == "dcp"]["save_throughput_mib_per_s_median"]))
+    assert (sweep_dir / "plots" / "sweep.png").stat().st_size > 0
+    assert "median over the repeats" in (sweep_dir / "sweep.md").read_text()
+    assert not (tmp_path / "results" / "summary.csv").exists(), "a sweep does not run the single run"
