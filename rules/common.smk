@@ -163,7 +163,7 @@ def sweep_checkpoint_dir(point, repeat, mode):
 
 
 def sweep_runs():
-    """Every (point, repeat, mode) of the sweep, points outermost."""
+    """List every (point, repeat, mode) of the sweep, points outermost."""
     return [(point, repeat, mode) for point in SWEEP_POINTS for repeat in SWEEP_REPEATS for mode in MODES]
 
 
@@ -223,7 +223,7 @@ def training_settings(mode):
 
 
 def sweep_training_settings(point, repeat, mode):
-    """The training settings of one sweep run: the point's nodes, ranks and model, and its own checkpoint directory."""
+    """Build the training settings of one sweep run: the point's nodes, ranks and model, and its own checkpoint directory."""
     settings = sweep_points.point_settings(training_settings(mode), SWEEP_POINTS[point],
                                            str(sweep_checkpoint_dir(point, repeat, mode)))
     settings["run_id"] = f"{config['run_id']}-{point}-{repeat}"
@@ -231,7 +231,7 @@ def sweep_training_settings(point, repeat, mode):
 
 
 def sweep_resource(name):
-    """A resource of a sweep job, which depends on the point's nodes and ranks (see rank_job_resources).
+    """Return a function that gives one resource of a sweep job from its point's nodes and ranks (see rank_job_resources).
 
     A rule's resources cannot be left out per job, so a one-rank point gets mpi="".
     The Slurm plugin submits it as a job without mpi (one task is allowed), and its
@@ -246,7 +246,7 @@ def sweep_resource(name):
 
 
 def sweep_baseline_inputs(point, repeat):
-    """The storage baseline of one sweep point and repeat, when the baseline is enabled."""
+    """Return the storage baseline result of one sweep point and repeat, when the baseline is enabled."""
     if config["baseline"]["enabled"]:
         return [str(SWEEP_DIR / point / repeat / "baseline" / "baseline.json")]
     return []

@@ -36,14 +36,14 @@ MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
 def bandwidth_figure(summary: pd.DataFrame) -> tuple[str, str]:
-    """The bandwidth figure to plot and its axis label: Darshan's when any run was traced."""
+    """Choose the bandwidth figure to plot and its axis label: Darshan's when any run was traced."""
     if summary["bandwidth_by_slowest_mib_per_s_median"].notna().any():
         return "bandwidth_by_slowest_mib_per_s", "write bandwidth, Darshan, slowest rank (MiB/s)"
     return "save_throughput_mib_per_s", "save throughput, size / time to complete (MiB/s)"
 
 
 def model_sizes(summary: pd.DataFrame) -> pd.Series:
-    """Each row's model checkpoint size: the median over all modes and points of that model.
+    """Return each row's model checkpoint size: the median over all modes and points of that model.
 
     Modes of one model differ by a few KiB of metadata; one size per model puts
     their points above each other.
@@ -61,7 +61,7 @@ def size_axis(axes: plt.Axes, sizes_mib: list[float]) -> None:
 
 
 def panel_values(summary: pd.DataFrame, figure: str, x_column: str, series_column: str, panel: str) -> pd.DataFrame:
-    """The points of one panel: per mode and series, the x value and the figure's median, minimum and maximum."""
+    """Collect the points of one panel: per mode and series, the x value and the figure's median, minimum and maximum."""
     rows = []
     for _, row in summary.iterrows():
         x = row[x_column]
@@ -76,7 +76,10 @@ def panel_values(summary: pd.DataFrame, figure: str, x_column: str, series_colum
 
 
 def baseline_values(summary: pd.DataFrame, x_column: str, series_column: str, panel: str) -> pd.DataFrame:
-    """The storage baseline's write bandwidth at each x, one series per model or rank count (equal in every mode)."""
+    """Collect the storage baseline's write bandwidth at each x, one series per model or rank count.
+
+    The baseline of a point is the same for every mode, so the first mode's rows give it.
+    """
     figure = "baseline_write_mib_per_s"
     first_mode = summary["mode"].iloc[0]
     values = panel_values(summary[summary["mode"] == first_mode], figure, x_column, series_column, panel)
@@ -84,6 +87,7 @@ def baseline_values(summary: pd.DataFrame, x_column: str, series_column: str, pa
 
 
 def draw_panel(axes: plt.Axes, values: pd.DataFrame, modes: list[str], baseline: pd.DataFrame | None) -> None:
+    """Draw one panel: a line with min-max error bars per mode and series, and the baseline in grey."""
     colors = {mode: f"C{index}" for index, mode in enumerate(modes)}
     series = list(dict.fromkeys(values["series"]))
     for (mode, label), points in values.groupby(["mode", "series"], sort=False):

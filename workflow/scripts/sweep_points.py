@@ -68,7 +68,7 @@ def model_settings(entry: str | dict, base_model: dict) -> dict:
 
 
 def sweep_points(config: dict) -> list[SweepPoint]:
-    """Cross the sweep lists; an empty list stands for the single value in launch or model.
+    """Cross the sweep lists. An empty list means the single value in launch or model.
 
     Raises:
         SweepError: two model entries get the same label, or a small ViT has a hidden
@@ -110,12 +110,12 @@ def point_settings(settings: dict, point: SweepPoint, checkpoint_dir: str) -> di
 
 
 def repeat_names(repeats: int) -> list[str]:
-    """Directory names of the repeats: repeat1, repeat2, ..."""
+    """Return the directory names of the repeats: repeat1, repeat2, and so on."""
     return [f"repeat{index}" for index in range(1, repeats + 1)]
 
 
 def describe(points: list[SweepPoint], modes: list[str], repeats: int) -> str:
-    """One line for the log: how many training jobs the sweep starts."""
+    """Return one log line that counts the training jobs the sweep starts."""
     jobs = len(points) * len(modes) * repeats
     return (f"sweep: {len(points)} points x {len(modes)} modes x {repeats} repeats = {jobs} training jobs "
             f"({', '.join(point.name for point in points)})")

@@ -64,7 +64,7 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def run_row(sweep_dir: Path, run: str) -> dict:
-    """One run's row: the comparison table's figures, judged against the baseline of its point and repeat."""
+    """Build one run's row: the comparison table's figures, judged against the baseline of its point and repeat."""
     point, repeat, mode = parse_run(run)
     run_dir = sweep_dir / point / repeat / mode
     metrics = read_json(run_dir / "metrics" / "metrics.json", "the metrics file")
@@ -94,7 +94,7 @@ def run_row(sweep_dir: Path, run: str) -> dict:
 
 
 def run_table(sweep_dir: Path, runs: list[str]) -> pd.DataFrame:
-    """One row per run, point and repeat first."""
+    """Build the table of all runs, one row per run, with the point and repeat first."""
     rows = [run_row(sweep_dir, run) for run in runs]
     table = pd.DataFrame(rows)
     first = ["point", "repeat", *POINT_COLUMNS, "cores", "oversubscribed"]
@@ -102,7 +102,7 @@ def run_table(sweep_dir: Path, runs: list[str]) -> pd.DataFrame:
 
 
 def numeric(values: pd.Series) -> pd.Series:
-    """A column as numbers; 'not traced' and empty cells become NaN."""
+    """Convert a column to numbers. Cells that read 'not traced' or are empty become NaN."""
     return pd.to_numeric(values.replace({NOT_TRACED: None, "": None}), errors="coerce")
 
 
@@ -136,7 +136,7 @@ def _number(value: float) -> str:
 
 
 def format_cell(figure: str, median, low, high) -> str:
-    """'median (min–max)', sizes in binary units; '–' for a figure no run had."""
+    """Format a cell as 'median (min–max)', sizes in binary units, or '–' when no run has the figure."""
     if median is None or pd.isna(median):
         return "–"
     show = (lambda value: humanize.naturalsize(value, binary=True)) if figure.endswith("_bytes") else _number
