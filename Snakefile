@@ -44,6 +44,10 @@ rule all:
     default_target: True
 
 
+onstart:
+    check_local_launch()
+
+
 onsuccess:
     table = SWEEP_DIR / "sweep.md" if SWEEP else RESULTS / "summary.md"
     if table.is_file():

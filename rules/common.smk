@@ -34,6 +34,7 @@ def quote_arguments(arguments):
     return " ".join(shlex.quote(str(argument)) for argument in arguments)
 
 import darshan_runtime  # noqa: E402
+import run_training  # noqa: E402
 import settings_check  # noqa: E402
 import slurm_settings  # noqa: E402
 import sweep_points  # noqa: E402
@@ -71,6 +72,30 @@ SWEEP_POINTS = {point.name: point for point in sweep_points.sweep_points(config)
 SWEEP_REPEATS = sweep_points.repeat_names(config["sweep"]["repeats"]) if SWEEP else []
 if SWEEP:
     print(sweep_points.describe(list(SWEEP_POINTS.values()), MODES, len(SWEEP_REPEATS)), file=sys.stderr)
+
+
+def check_local_launch():
+    """Stop before any job when a run on this machine (torchrun) gets ranks it cannot start as measured.
+
+    Called from onstart, because the executor and the cores are known only once the
+    run starts (a dry run skips it). A sweep then fails here, not hours in at its
+    first such point.
+    """
+    if not RUN_MODES or not workflow.local_exec or workflow.remote_exec:
+        return
+    if run_training.choose_launcher(config["launch"]["launcher"], os.environ) != "torchrun":
+        return
+    if SWEEP:
+        points = [(point.nodes, point.ranks_per_node) for point in SWEEP_POINTS.values()]
+        keys = tuple(f"sweep.{key}" if config["sweep"][key] else f"launch.{key}" for key in ("nodes", "ranks_per_node"))
+    else:
+        points = [(config["launch"]["nodes"], config["launch"]["ranks_per_node"])]
+        keys = ("launch.nodes", "launch.ranks_per_node")
+    cores = getattr(workflow.global_resources.get("_cores"), "value", None)
+    try:
+        settings_check.check_local_launch(points, cores, bool(config["launch"]["oversubscribe"]), keys)
+    except (settings_check.ConfigError, run_training.TrainingJobError) as error:
+        raise WorkflowError(str(error)) from None
 
 
 def rank_job_resources(nodes, ranks):
@@ -149,6 +174,8 @@ def checkpoint_dir(mode):
 
 
 SWEEP_DIR = RESULTS / "sweep"
+# A sweep and a single run in one directory keep their own reports.
+REPORT_PATH = SWEEP_DIR / "report.html" if SWEEP else RESULTS / "report.html"
 # Pattern of one sweep run's results directory, with the wildcards of the sweep rules.
 SWEEP_RUN = str(SWEEP_DIR / "{point}" / "{repeat}" / "{mode}")
 SWEEP_LOGS = str(LOGS / "sweep" / "{point}" / "{repeat}" / "{mode}")
@@ -292,7 +319,7 @@ def baseline_inputs():
 
 
 def build_report():
-    """Build results/report.html with `snakemake --report` once every final output exists.
+    """Build REPORT_PATH (results/report.html, or results/sweep/report.html) with `snakemake --report` once every final output exists.
 
     Snakemake builds a report only in a run of its own, so this starts one with the
     same config after a successful run. A failure is logged, never raised: the
@@ -307,14 +334,16 @@ def build_report():
     LOGS.mkdir(parents=True, exist_ok=True)
     config_file = LOGS / "report_config.yaml"
     config_file.write_text(yaml.safe_dump(dict(config)))
+    report_log_path = LOGS / ("sweep" if SWEEP else "") / "report.log"
+    report_log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(Path(workflow.basedir) / "Snakefile"),
-               "--directory", ".", "--configfile", str(config_file), "--report", str(RESULTS / "report.html")]
-    with open(LOGS / "report.log", "w") as report_log:
+               "--directory", ".", "--configfile", str(config_file), "--report", str(REPORT_PATH)]
+    with open(report_log_path, "w") as report_log:
         completed = subprocess.run(command, stdout=report_log, stderr=subprocess.STDOUT, check=False)
     if completed.returncode == 0:
-        print(f"Report: {RESULTS / 'report.html'}")
+        print(f"Report: {REPORT_PATH}")
     else:
-        print(f"Building {RESULTS / 'report.html'} failed; see {LOGS / 'report.log'}")
+        print(f"Building {REPORT_PATH} failed; see {report_log_path}")
 
 
 def final_outputs():

@@ -134,10 +134,11 @@ rule sweep_table:
     params:
         sweep_dir=lambda wildcards, output: os.path.dirname(output.csv),
         runs=quote_arguments("/".join(run) for run in sweep_runs()),
+        baseline="" if config["baseline"]["enabled"] else "--no-baseline",
     shell:
         f"{PYTHON} {script('sweep_table.py')}"
-        " --sweep-dir {params.sweep_dir:q} --runs {params.runs} --runs-csv {output.runs:q} --csv {output.csv:q}"
-        " --markdown {output.markdown:q} > {log:q} 2>&1"
+        " --sweep-dir {params.sweep_dir:q} --runs {params.runs} {params.baseline} --runs-csv {output.runs:q}"
+        " --csv {output.csv:q} --markdown {output.markdown:q} > {log:q} 2>&1"
 
 
 rule sweep_plot:

@@ -86,3 +86,15 @@ def test_table_without_baseline_or_trace():
 
     assert judged["darshan_fraction_of_baseline"] is None
     assert summary_table.add_baseline(dict(untraced), None) == untraced
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"mode": "torch_sa', "cannot read the manifest .* delete it and rerun"),
+    ('"x"', "is not a JSON object; delete it and rerun"),
+])
+def test_damaged_manifest_named_with_fix(tmp_path, text, message):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(text)
+
+    with pytest.raises(ValueError, match=message):
+        storage_baseline.read_manifest(manifest)

@@ -111,7 +111,7 @@ def test_sweep_with_existing_logs_rejected(tmp_path):
     ({"ranks_per_node": [2, 2]}, "sweep.ranks_per_node"),
     ({"repeats": 0}, "sweep.repeats"),
     ({"rank": [1]}, "sweep"),
-    ({"models": [{"name": "small_vit", "small_vit": {"hidden": 3}}]}, "sweep.models.0"),
+    ({"models": [{"name": "small_vit", "small_vit": {"hidden": 3}}]}, "sweep.models.0.small_vit"),
 ])
 def test_schema_rejects_bad_sweep(sweep, key):
     config = copy.deepcopy(DEFAULT)
@@ -189,3 +189,119 @@ def test_sweep_over_ranks_with_repeats(tmp_path):
     assert (sweep_dir / "plots" / "sweep.png").stat().st_size > 0
     assert "median over the repeats" in (sweep_dir / "sweep.md").read_text()
     assert not (tmp_path / "results" / "summary.csv").exists(), "a sweep does not run the single run"
+    assert (sweep_dir / "report.html").stat().st_size > 0
+    assert not (tmp_path / "results" / "report.html").exists()
+
+
+def test_small_vit_dimensions_on_other_model_rejected():
+    config = sweep_config(models=[{"name": "resnet18", "small_vit": {"hidden_dim": 512}}])
+
+    with pytest.raises(settings_check.ConfigError, match="'resnet18' sets small_vit dimensions"):
+        settings_check.check_config(config)
+
+
+def test_labels_differing_in_case_rejected():
+    config = sweep_config(models=[{"name": "small_vit", "label": "VIT"}, {"name": "resnet18", "label": "vit"}])
+
+    with pytest.raises(settings_check.ConfigError, match="ignoring case"):
+        settings_check.check_config(config)
+
+
+def test_patch_size_not_dividing_image_size_rejected():
+    config = sweep_config(models=[{"name": "small_vit", "label": "p7", "small_vit": {"patch_size": 7}}])
+
+    with pytest.raises(settings_check.ConfigError, match=r"sweep.models \(p7\): patch_size 7 does not divide"):
+        settings_check.check_config(config)
+
+
+@pytest.mark.parametrize("models, message", [
+    ([{"name": "small_vit", "label": "vit wide"}], "sweep.models.0.label: 'vit wide' does not match"),
+    ([{"name": "small_vit", "small_vit": {"hiddendim": 64}}], "'hiddendim' was unexpected). Allowed keys here:"),
+    ([{"label": "x"}], "sweep.models.0: 'name' is a required property (a mapping {name, label, small_vit})"),
+    (["Resnet50"], "sweep.models.0: 'Resnet50' does not match"),
+    ([3], "sweep.models.0: 3 must be small_vit or a torchvision classification model name or a mapping"),
+])
+def test_bad_model_entry_named_precisely(models, message):
+    config = copy.deepcopy(DEFAULT)
+    config["sweep"] = {"enabled": True, "models": models}
+
+    with pytest.raises(settings_check.ConfigError) as error:
+        settings_check.validate_config(config, SCHEMA)
+
+    assert message in str(error.value)
+    assert "is not valid under any of the given schemas" not in str(error.value)
+
+
+def test_string_number_from_config_option_explained():
+    config = copy.deepcopy(DEFAULT)
+    config["sweep"] = {"enabled": "True", "ranks_per_node": ["1", "2"]}
+
+    with pytest.raises(settings_check.ConfigError) as error:
+        settings_check.validate_config(config, SCHEMA)
+
+    assert "sweep.ranks_per_node.0: '1' is not of type 'integer'" in str(error.value)
+    assert "--configfile" in str(error.value)
+    assert "sweep.enabled" not in str(error.value)
+
+
+@pytest.mark.parametrize("points, cores, oversubscribe, message", [
+    ([(1, 1), (2, 1)], 2, False, "sweep.nodes: 2 nodes, but this run starts the ranks on this machine with torchrun"),
+    ([(1, 1), (1, 4)], 2, False, "sweep.ranks_per_node: 4 ranks per node, but Snakemake may use 2 cores"),
+])
+def test_local_launch_impossible_point_rejected(points, cores, oversubscribe, message):
+    with pytest.raises(settings_check.ConfigError, match=message):
+        settings_check.check_local_launch(points, cores, oversubscribe, ("sweep.nodes", "sweep.ranks_per_node"))
+
+
+def test_local_launch_oversubscribed_point_allowed():
+    settings_check.check_local_launch([(1, 4)], 2, True, ("sweep.nodes", "sweep.ranks_per_node"))
+    settings_check.check_local_launch([(1, 4)], None, False, ("sweep.nodes", "sweep.ranks_per_node"))
+
+
+def test_sweep_beyond_local_cores_stops_before_any_job(tmp_path):
+    config = {"checkpoint": {"root": str(tmp_path / "checkpoints")}, "darshan": {"enabled": False},
+              "sweep": {"enabled": True, "ranks_per_node": [1, 4], "repeats": 1}}
+
+    result = run_snakemake(tmp_path, "--cores", "2", config=config)
+
+    assert result.returncode == 1
+    assert "sweep.ranks_per_node: 4 ranks per node, but Snakemake may use 2 cores" in result.stdout
+    assert "Traceback" not in result.stdout
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def write_run(sweep_dir, run, metrics, manifest):
+    run_dir = sweep_dir / run
+    (run_dir / "metrics").mkdir(parents=True)
+    (run_dir / "train").mkdir(parents=True)
+    (run_dir / "metrics" / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "train" / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("metrics, manifest, message", [
+    ([], {"world_size": 1, "settings": {}}, "is a JSON list, not an object"),
+    ({}, {"world_size": 1, "settings": {}}, "the metrics file .* lacks mode"),
+    ({"mode": "dcp"}, "x", "the manifest .* is a JSON str, not an object"),
+    ({"mode": "dcp"}, {}, "the manifest .* lacks world_size, settings"),
+])
+def test_wrong_shape_json_named(tmp_path, metrics, manifest, message):
+    write_run(tmp_path, "n1_r1_small_vit/repeat1/dcp", metrics, manifest)
+
+    with pytest.raises(sweep_table.SweepTableError, match=message):
+        sweep_table.run_table(tmp_path, ["n1_r1_small_vit/repeat1/dcp"], with_baseline=False)
+
+
+def test_disabled_baseline_ignores_old_result(tmp_path):
+    write_run(tmp_path, "n1_r1_small_vit/repeat1/dcp", {"mode": "dcp", "traced": False, "application": {}},
+              {"world_size": 1, "settings": {}})
+    baseline_dir = tmp_path / "n1_r1_small_vit" / "repeat1" / "baseline"
+    baseline_dir.mkdir()
+    (baseline_dir / "baseline.json").write_text(json.dumps({"write_mib_per_s": 100.0, "read_mib_per_s": 200.0}))
+
+    with_baseline = sweep_table.run_table(tmp_path, ["n1_r1_small_vit/repeat1/dcp"], with_baseline=True)
+    without = sweep_table.run_table(tmp_path, ["n1_r1_small_vit/repeat1/dcp"], with_baseline=False)
+
+    assert with_baseline["baseline_write_mib_per_s"].tolist() == [100.0]
+    assert "baseline_write_mib_per_s" not in without
+    assert sweep_table.reduce_runs(without)["baseline_write_mib_per_s_median"].isna().all()

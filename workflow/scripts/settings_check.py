@@ -40,9 +40,48 @@ def _with_defaults(validator_class):
 DefaultingValidator = _with_defaults(Draft202012Validator)
 
 
+JSON_TYPES = {"string": str, "object": dict, "array": list, "integer": int, "number": (int, float), "boolean": bool}
+
+
+def _matching_branch_errors(error) -> list:
+    """Return the errors of the oneOf/anyOf branches whose type fits the value, so the message is about that branch."""
+    branches = error.validator_value if isinstance(error.validator_value, list) else []
+    matching = []
+    for sub_error in error.context or []:
+        index = sub_error.relative_schema_path[0] if sub_error.relative_schema_path else None
+        branch = branches[index] if isinstance(index, int) and index < len(branches) else {}
+        expected = JSON_TYPES.get(branch.get("type") if isinstance(branch, dict) else None)
+        if expected is not None and isinstance(error.instance, expected):
+            matching.append(sub_error)
+    return matching
+
+
+def _looks_like(value, json_type: str) -> bool:
+    """Return whether a string is the text of a value of ``json_type``, as --config leaves nested numbers."""
+    if not isinstance(value, str):
+        return False
+    if json_type == "boolean":
+        return value.lower() in ("true", "false")
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return json_type == "number" or (json_type == "integer" and number.is_integer())
+
+
 def _describe(error) -> str:
     key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
     schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator in ("oneOf", "anyOf"):
+        matching = _matching_branch_errors(error)
+        if matching:
+            return " ".join(_describe(sub_error) for sub_error in matching)
+        kinds = " or ".join(branch.get("description") or branch.get("type", "?") for branch in error.validator_value
+                            if isinstance(branch, dict))
+        return f"{key}: {error.instance!r} must be {kinds}."
+    if error.validator == "type" and _looks_like(error.instance, error.validator_value):
+        return (f"{key}: {error.message}. Snakemake's --config passes values inside a mapping as strings; "
+                "set this key in a file given with --configfile instead.")
     if error.validator == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         return f"{key}: {error.message}. Allowed keys here: {', '.join(allowed)}."
@@ -122,6 +161,46 @@ def check_model_name(name: str) -> None:
         )
 
 
+def check_patch_size(key: str, model: dict, training: dict) -> None:
+    """Check that the small ViT's patch size divides the image size, as torchvision requires."""
+    if model.get("name") != SMALL_VIT:
+        return
+    patch_size = (model.get(SMALL_VIT) or {}).get("patch_size")
+    image_size = training.get("image_size")
+    if patch_size and image_size and image_size % patch_size:
+        raise ConfigError(
+            f"{key}: patch_size {patch_size} does not divide training.image_size {image_size}, so torchvision's "
+            f"VisionTransformer cannot be built. Choose a patch_size that divides {image_size}, such as 8 or 16."
+        )
+
+
+def check_local_launch(points: list[tuple[int, int]], cores: int | None, oversubscribe: bool,
+                       keys: tuple[str, str]) -> None:
+    """Reject ranks that a local run cannot start: more than one node, or more ranks than cores.
+
+    The workflow calls it before the first job starts, so that a sweep does not stop
+    hours in at the first such point. ``points`` are (nodes, ranks per node), and ``keys`` name the config
+    keys they came from.
+
+    Raises:
+        ConfigError: naming the key, the value and the fix.
+    """
+    nodes_key, ranks_key = keys
+    for nodes, ranks_per_node in points:
+        if nodes > 1:
+            raise ConfigError(
+                f"{nodes_key}: {nodes} nodes, but this run starts the ranks on this machine with torchrun, which "
+                "runs one node. Use a Slurm profile (such as profiles/perlmutter), run inside a Slurm allocation, "
+                f"or give {nodes_key} as 1."
+            )
+        if cores is not None and not oversubscribe and ranks_per_node > cores:
+            raise ConfigError(
+                f"{ranks_key}: {ranks_per_node} ranks per node, but Snakemake may use {cores} cores here, so the ranks would "
+                f"share cores and every time measured would include that wait. Run with --cores {ranks_per_node} "
+                f"or more, lower {ranks_key}, or set launch.oversubscribe: true to accept it."
+            )
+
+
 def check_existing_logs(existing: dict, modes: list[str]) -> None:
     """Check that every existing-logs entry belongs to a listed mode and its paths exist."""
     for mode, entry in existing.items():
@@ -140,7 +219,7 @@ def check_existing_logs(existing: dict, modes: list[str]) -> None:
 
 
 def sweep_enabled(config: dict) -> bool:
-    """Whether sweep.enabled is on, given as a boolean or as the string --config passes."""
+    """Return whether sweep.enabled is on, given as a boolean or as the string that --config passes."""
     return str((config.get("sweep") or {}).get("enabled", False)).lower() == "true"
 
 
@@ -157,6 +236,8 @@ def check_sweep(config: dict, existing: dict) -> None:
         points = sweep_points.sweep_points(config)
     except sweep_points.SweepError as error:
         raise ConfigError(str(error)) from None
+    for point in points:
+        check_patch_size(f"sweep.models ({point.model_label})", point.model, config["training"])
     for name in sorted({point.model["name"] for point in points}):
         try:
             check_model_name(name)
@@ -182,6 +263,7 @@ def check_config(config: dict) -> None:
         return
     check_checkpoint_root(config["checkpoint"]["root"])
     check_model_name(config["model"]["name"])
+    check_patch_size("model.small_vit", config["model"], config["training"])
     library = config["darshan"].get("library") or ""
     if library:
         expand_path("darshan.library", library)

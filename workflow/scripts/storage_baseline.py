@@ -139,6 +139,22 @@ def bytes_per_rank_from_manifests(manifests: list[dict]) -> int:
     return int(max(sizes))
 
 
+def read_manifest(path: Path) -> dict:
+    """Read a training manifest, with an error that names the file and the fix when it is damaged.
+
+    Raises:
+        ValueError: the file is not a JSON object.
+    """
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the manifest {path} ({error}); delete it and rerun, "
+                         "so that its training job runs again") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"the manifest {path} is not a JSON object; delete it and rerun, so that its training job runs again")
+    return manifest
+
+
 def run_job(settings: dict, manifests: list[dict], output: Path, repeats: int, block_bytes: int) -> dict:
     """Launch the baseline's ranks like a training job and write the result JSON."""
     import socket
@@ -201,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     settings: dict[str, Any] = json.loads(args.settings)
-    manifests = [json.loads(path.read_text()) for path in args.manifest]
     try:
+        manifests = [read_manifest(path) for path in args.manifest]
         run_job(settings, manifests, args.output, args.repeats, args.block_bytes)
     except (RuntimeError, ValueError) as error:
         log.error("%s", error)

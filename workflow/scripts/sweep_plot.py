@@ -1,8 +1,8 @@
 """Plot a sweep: write bandwidth and blocking time against ranks and against checkpoint size.
 
-One figure of four panels from ``sweep.csv``. The left column puts the ranks on
-the x axis, one line per mode and model; the right column puts the checkpoint
-size there, one line per mode and rank count. Each point is the median over the
+One figure of four panels from ``sweep.csv``. The left column has the ranks on
+the x axis, with one line per mode and model. The right column has the checkpoint
+size there, with one line per mode and rank count. Each point is the median over the
 repeats, with a bar from the minimum to the maximum. The bandwidth is Darshan's
 (checkpoint bytes over the slowest rank's I/O time); when the runs were not
 traced it is the save throughput (checkpoint size over the time until the save
@@ -72,7 +72,11 @@ def panel_values(summary: pd.DataFrame, figure: str, x_column: str, series_colum
         rows.append({"panel": panel, "mode": row["mode"], "series": str(row[series_column]), "x": float(x),
                      "median": float(row[f"{figure}_median"]), "min": float(row[f"{figure}_min"]),
                      "max": float(row[f"{figure}_max"])})
-    return pd.DataFrame(rows, columns=VALUE_COLUMNS).sort_values(["mode", "series", "x"], kind="stable")
+    # Rows keep the table's order of modes, and each line runs from left to right.
+    values = pd.DataFrame(rows, columns=VALUE_COLUMNS)
+    mode_order = {mode: index for index, mode in enumerate(dict.fromkeys(summary["mode"]))}
+    return values.sort_values(["mode", "series", "x"], key=lambda column: column.map(mode_order)
+                              if column.name == "mode" else column, kind="stable")
 
 
 def baseline_values(summary: pd.DataFrame, x_column: str, series_column: str, panel: str) -> pd.DataFrame:
@@ -102,6 +106,16 @@ def draw_panel(axes: plt.Axes, values: pd.DataFrame, modes: list[str], baseline:
             axes.plot(points["x"], points["median"], color="0.5", linestyle=LINE_STYLES[index % len(LINE_STYLES)],
                       marker="_", markersize=14, linewidth=1, label=f"storage baseline, {label}" if len(series) > 1 else "storage baseline")
     axes.grid(True, alpha=0.3)
+
+
+def runs_text(runs: pd.Series) -> str:
+    """Describe the runs behind each point for the title: 'median of 3 runs', or 'median of 1 to 3 runs'."""
+    low, high = int(runs.min()), int(runs.max())
+    if low == high == 1:
+        return "1 run per point"
+    if low == high:
+        return f"median of {high} runs"
+    return f"median of {low} to {high} runs"
 
 
 def plot_sweep(summary: pd.DataFrame, output_dir: Path) -> pd.DataFrame:
@@ -138,14 +152,14 @@ def plot_sweep(summary: pd.DataFrame, output_dir: Path) -> pd.DataFrame:
     for column in range(2):
         axes[0][column].set_ylabel(label)
         axes[1][column].set_ylabel("training blocked per checkpoint (s)")
-        axes[0][column].set_ylim(bottom=0)
-        axes[1][column].set_ylim(bottom=0)
+        for row in range(2):
+            # Room above the highest point, so that a marker never sits on the frame.
+            axes[row][column].set_ylim(bottom=0, top=axes[row][column].get_ylim()[1] * 1.08)
     axes[0][0].set_title("against ranks")
     axes[0][1].set_title("against checkpoint size")
     for column in range(2):
         axes[0][column].legend(fontsize="small")
-    repeats = int(summary["runs"].max()) if len(summary) else 0
-    drawing.suptitle(f"Checkpoint sweep: median of up to {repeats} runs, bars from minimum to maximum")
+    drawing.suptitle(f"Checkpoint sweep: {runs_text(summary['runs'])}, bars from minimum to maximum")
     save(drawing, output_dir, "sweep")
     return pd.concat(collected, ignore_index=True) if collected else pd.DataFrame(columns=VALUE_COLUMNS)
 

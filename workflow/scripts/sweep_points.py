@@ -80,13 +80,20 @@ def sweep_points(config: dict) -> list[SweepPoint]:
     ranks_per_node = sweep.get("ranks_per_node") or [launch["ranks_per_node"]]
     models = [model_settings(entry, config["model"]) for entry in (sweep.get("models") or [config["model"]["name"]])]
 
-    labels = [model["label"] for model in models]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    # Labels name directories, so two that differ only in case would share one on a case-insensitive file system.
+    labels = [model["label"].lower() for model in models]
+    repeated = sorted({model["label"] for model in models if labels.count(model["label"].lower()) > 1})
     if repeated:
         raise SweepError(
-            f"sweep.models: more than one entry is named {', '.join(map(repr, repeated))}. "
+            f"sweep.models: more than one entry is named {', '.join(map(repr, repeated))} (ignoring case). "
             "Give each entry a distinct label, for example {name: small_vit, label: vit_wide, small_vit: {...}}."
         )
+    for entry in sweep.get("models") or []:
+        if isinstance(entry, dict) and entry.get(SMALL_VIT) and entry["name"] != SMALL_VIT:
+            raise SweepError(
+                f"sweep.models: the entry for {entry['name']!r} sets small_vit dimensions, which apply only to "
+                f"name: small_vit. Remove them, or set name: small_vit."
+            )
     for model in models:
         vit = model.get(SMALL_VIT) or {}
         if model["name"] == SMALL_VIT and vit.get("hidden_dim", 1) % vit.get("num_heads", 1):

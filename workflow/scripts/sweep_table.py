@@ -2,9 +2,9 @@
 
 A sweep runs each mode at each point (nodes x ranks per node x model) several
 times. ``sweep_runs.csv`` has one row per run, with the same figures as the
-single run's comparison table plus the point; ``sweep.csv`` groups the repeats
+single run's comparison table plus the point. ``sweep.csv`` groups the repeats
 and gives each figure's median, minimum, maximum and relative spread
-((maximum - minimum) / median), so a reader sees both the value and its noise.
+((maximum - minimum) / median). A reader so sees both the value and its noise.
 """
 
 from __future__ import annotations
@@ -54,23 +54,35 @@ def parse_run(run: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str, required: tuple[str, ...] = ()) -> dict:
+    """Read one JSON object of a run, with an error that names the file and the fix when it is missing or damaged."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise SweepTableError(f"{what} {path} does not exist; rerun the sweep so that its rules write it") from None
     except json.JSONDecodeError as error:
         raise SweepTableError(f"{what} {path} is not valid JSON ({error}); delete it and rerun the sweep") from None
+    missing = [key for key in required if not isinstance(data, dict) or key not in data]
+    if not isinstance(data, dict) or missing:
+        found = f"lacks {', '.join(missing)}" if isinstance(data, dict) else f"is a JSON {type(data).__name__}, not an object"
+        raise SweepTableError(f"{what} {path} {found}, so it was not written by this workflow; delete it and rerun the sweep")
+    return data
 
 
-def run_row(sweep_dir: Path, run: str) -> dict:
-    """Build one run's row: the comparison table's figures, judged against the baseline of its point and repeat."""
+def run_row(sweep_dir: Path, run: str, with_baseline: bool) -> dict:
+    """Build one run's row: the comparison table's figures, judged against the baseline of its point and repeat.
+
+    ``with_baseline`` is false when the baseline is disabled, so that a baseline.json
+    left from an earlier run is not read.
+    """
     point, repeat, mode = parse_run(run)
     run_dir = sweep_dir / point / repeat / mode
-    metrics = read_json(run_dir / "metrics" / "metrics.json", "the metrics file")
-    manifest = read_json(run_dir / "train" / "manifest.json", "the manifest")
-    baseline_path = sweep_dir / point / repeat / "baseline" / "baseline.json"
-    baseline = read_json(baseline_path, "the storage baseline") if baseline_path.exists() else None
+    metrics = read_json(run_dir / "metrics" / "metrics.json", "the metrics file", required=("mode",))
+    manifest = read_json(run_dir / "train" / "manifest.json", "the manifest", required=("world_size", "settings"))
+    baseline = None
+    if with_baseline:
+        baseline = read_json(sweep_dir / point / repeat / "baseline" / "baseline.json", "the storage baseline",
+                             required=("write_mib_per_s", "read_mib_per_s"))
 
     row = add_baseline(table_row(metrics), baseline)
     application = metrics.get("application") or {}
@@ -93,9 +105,9 @@ def run_row(sweep_dir: Path, run: str) -> dict:
     return row
 
 
-def run_table(sweep_dir: Path, runs: list[str]) -> pd.DataFrame:
+def run_table(sweep_dir: Path, runs: list[str], with_baseline: bool = True) -> pd.DataFrame:
     """Build the table of all runs, one row per run, with the point and repeat first."""
-    rows = [run_row(sweep_dir, run) for run in runs]
+    rows = [run_row(sweep_dir, run, with_baseline) for run in runs]
     table = pd.DataFrame(rows)
     first = ["point", "repeat", *POINT_COLUMNS, "cores", "oversubscribed"]
     return table[first + [column for column in table.columns if column not in first]]
@@ -111,7 +123,7 @@ def reduce_runs(runs: pd.DataFrame) -> pd.DataFrame:
     mode_order = list(dict.fromkeys(runs["mode"]))
     rows = []
     for keys, group in runs.groupby(POINT_COLUMNS, sort=False, dropna=False):
-        row = dict(zip(POINT_COLUMNS, keys))
+        row = {"point": group["point"].iloc[0], **dict(zip(POINT_COLUMNS, keys))}
         row["runs"] = len(group)
         row["oversubscribed_runs"] = int(group["oversubscribed"].sum())
         integrity = sorted(set(group["integrity"].dropna().astype(str)))
@@ -171,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-csv", type=Path, required=True)
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--markdown", type=Path, required=True)
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="the storage baseline is disabled: leave the baseline columns empty")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
-        runs = run_table(args.sweep_dir, args.runs)
+        runs = run_table(args.sweep_dir, args.runs, with_baseline=not args.no_baseline)
     except SweepTableError as error:
         log.error("%s", error)
         return 1
