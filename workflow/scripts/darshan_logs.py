@@ -351,14 +351,28 @@ def read_logs(paths: list[Path], workers: int | None = None) -> dict[Path, "LogC
                     len(paths) - len(results))
 
     for path in paths:
-        if path in results:
-            continue
+        if path not in results:
+            results[path] = _read_alone(path)
+    return results
+
+
+def _read_alone(path: Path, attempts: int = 2) -> LogContents | LogReadError:
+    """Read one log in a process of its own, and call it damaged only when every attempt crashes.
+
+    A damaged log crashes darshan-util every time. A crash that does not repeat on a
+    valid log has been seen under heavy load, so one crash is not enough to drop a log.
+    """
+    for attempt in range(1, attempts + 1):
         try:
             with ProcessPoolExecutor(max_workers=1) as pool:
-                results[path] = pool.submit(_read_or_error, path).result()
+                result = pool.submit(_read_or_error, path).result()
         except BrokenProcessPool:
-            results[path] = LogReadError(path, f"PyDarshan crashed while reading it (damaged log). {TRUNCATED_FIX}")
-    return results
+            log.warning("PyDarshan crashed while reading %s (attempt %d of %d)", path, attempt, attempts)
+            continue
+        if attempt > 1:
+            log.warning("read %s on attempt %d after a crash", path, attempt)
+        return result
+    return LogReadError(path, f"PyDarshan crashed while reading it (damaged log). {TRUNCATED_FIX}")
 
 
 def under_directory(files: pd.Series, directory: str | None) -> pd.Series:
