@@ -119,6 +119,10 @@ class CheckpointRecord:
     completion_s: float = 0.0
     start_utc: str = ""
     end_utc: str = ""
+    # Parts of blocking_s: training_state() (get_state_dict for DCP) and the save call
+    # (torch.save with fsync on rank 0, dcp.save, or async_save's staging and hand-off).
+    state_dict_s: float = 0.0
+    save_call_s: float = 0.0
     rank_bytes: int = 0  # bytes of the files this rank owns in the checkpoint
     files: list[dict] | None = None  # rank 0 only: every file of the checkpoint
     complete: bool = False  # the save finished on this rank
@@ -895,6 +899,8 @@ class Checkpointer:
         record.start_utc = utc_now()
         if self.rank == 0:
             state = training_state(self.mode, model, optimizer)
+            call_start_s = time.perf_counter()
+            record.state_dict_s = call_start_s - start_s
             with open(path, "wb") as stream:
                 torch.save(state, stream)
                 if pause_s > 0:
@@ -903,6 +909,7 @@ class Checkpointer:
                 if self.fsync:
                     stream.flush()
                     os.fsync(stream.fileno())
+            record.save_call_s = time.perf_counter() - call_start_s
         elif pause_s > 0:
             log.warning("pausing %.0f s inside the save (testing.pause_in_save)", pause_s)
             time.sleep(pause_s)
@@ -917,7 +924,10 @@ class Checkpointer:
         start_s = time.perf_counter()
         record.start_utc = utc_now()
         state = training_state(self.mode, model, optimizer)
+        call_start_s = time.perf_counter()
+        record.state_dict_s = call_start_s - start_s
         dcp.save(state, storage_writer=self._make_writer(path, record.step))
+        record.save_call_s = time.perf_counter() - call_start_s
         record.blocking_s = record.completion_s = time.perf_counter() - start_s
         record.end_utc = utc_now()
         self._complete(record)
@@ -931,6 +941,8 @@ class Checkpointer:
         call_start_s = time.perf_counter()
         record.start_utc = utc_now()
         state = training_state(self.mode, model, optimizer)
+        async_call_start_s = time.perf_counter()
+        record.state_dict_s = async_call_start_s - call_start_s
         options: dict[str, Any] = {}
         if self.mode == "dcp_async_process":
             options = {"async_checkpointer_type": AsyncCheckpointerType.PROCESS, "async_stager": self.stager}
@@ -938,6 +950,7 @@ class Checkpointer:
                                   process_group=self.async_group, **options)
         # torch 2.14 returns an AsyncSaveResponse instead when the stager stages asynchronously.
         future = getattr(response, "upload_completion", response)
+        record.save_call_s = time.perf_counter() - async_call_start_s
 
         pending = PendingSave(record=record, future=future, call_start_s=call_start_s)
         future.add_done_callback(lambda _: pending.done.update(end_s=time.perf_counter(), end_utc=utc_now()))
@@ -969,11 +982,13 @@ class Checkpointer:
         if self.mode == "torch_save" and self.rank != 0:
             log.info("checkpoint step %d saved by rank 0: this rank blocked %.3f s", record.step, record.blocking_s)
         elif self.mode in ASYNC_MODES:
-            log.info("checkpoint step %d saved: %s in %.3f s blocking, %.3f s until complete",
-                     record.step, format_bytes(record.rank_bytes), record.blocking_s, record.completion_s)
+            log.info("checkpoint step %d saved: %s in %.3f s blocking (state dict %.3f s, async_save call %.3f s), "
+                     "%.3f s until complete", record.step, format_bytes(record.rank_bytes), record.blocking_s,
+                     record.state_dict_s, record.save_call_s, record.completion_s)
         else:
-            log.info("checkpoint step %d saved: %s in %.3f s blocking",
-                     record.step, format_bytes(record.rank_bytes), record.blocking_s)
+            log.info("checkpoint step %d saved: %s in %.3f s blocking (state dict %.3f s, save call %.3f s)",
+                     record.step, format_bytes(record.rank_bytes), record.blocking_s, record.state_dict_s,
+                     record.save_call_s)
         self.records.append(record)
         self.progress.update(phase="training", last_complete_step=record.step)
 
