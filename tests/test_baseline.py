@@ -32,7 +32,11 @@ def test_bytes_per_rank_needs_a_checkpoint():
 def test_write_and_read_file(tmp_path):
     path = tmp_path / "data.bin"
 
-    storage_baseline.write_file(path, 5 * MIB + 3, block_bytes=MIB, fsync=True)
+    block = storage_baseline.make_block(5 * MIB + 3, block_bytes=MIB)
+
+    storage_baseline.write_file(path, 5 * MIB + 3, block, fsync=True)
+
+    assert len(block) == MIB
 
     assert path.stat().st_size == 5 * MIB + 3
     assert storage_baseline.drop_page_cache(path) is True
@@ -66,7 +70,8 @@ def test_table_judges_modes_against_baseline():
     import summary_table
 
     row = {"checkpoint_bytes_on_disk": 3 * 100 * MIB, "checkpoints": 3, "completion_mean_s": 2.0,
-           "bandwidth_by_slowest_mib_per_s": 40.0, "restore_throughput_mib_per_s": 150.0}
+           "bandwidth_by_slowest_mib_per_s": 90.0, "write_bandwidth_mib_per_s": 40.0,
+           "restore_throughput_mib_per_s": 150.0}
     baseline = {"write_mib_per_s": 100.0, "read_mib_per_s": 300.0}
 
     judged = summary_table.add_baseline(dict(row), baseline)
@@ -80,7 +85,8 @@ def test_table_without_baseline_or_trace():
     import summary_table
 
     untraced = {"checkpoint_bytes_on_disk": 300, "checkpoints": 3, "completion_mean_s": 1.0,
-                "bandwidth_by_slowest_mib_per_s": summary_table.NOT_TRACED}
+                "bandwidth_by_slowest_mib_per_s": summary_table.NOT_TRACED,
+                "write_bandwidth_mib_per_s": summary_table.NOT_TRACED}
 
     judged = summary_table.add_baseline(dict(untraced), {"write_mib_per_s": 100.0, "read_mib_per_s": 300.0})
 

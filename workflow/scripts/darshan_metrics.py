@@ -164,6 +164,17 @@ def checkpoints_written(records: pd.DataFrame, checkpoint_dir: str | None) -> in
     return int(written["file"].str.slice(prefix).str.split("/").str[0].nunique())
 
 
+def write_bandwidth(bytes_written: int, write_time_s: pd.Series) -> float | None:
+    """Return checkpoint bytes written over the longest write time of any rank, in MiB/s.
+
+    PyDarshan's bandwidth by slowest rank counts the restore's reads too. This one
+    counts only write calls (with fsync, which Darshan's POSIX module adds to the
+    write time), so it compares with the storage baseline's write bandwidth.
+    """
+    slowest_s = float(write_time_s.max()) if len(write_time_s) else 0.0
+    return bytes_written / MIB / slowest_s if bytes_written and slowest_s > 0 else None
+
+
 def imbalance(values: pd.Series) -> float | None:
     """Return max / mean of per-rank values: 1.0 is balanced, N means one of N ranks did it all."""
     if values.empty or values.mean() == 0:
@@ -353,6 +364,8 @@ def compute(mode: str, processes: pd.DataFrame, logs_dir: Path, info: dict, mani
     result["per_rank"] = per_rank.to_dict(orient="records")
     result["rank_imbalance_bytes"] = imbalance(per_rank["checkpoint_bytes_written"])
     result["rank_imbalance_time"] = imbalance(per_rank["checkpoint_write_time_s"])
+    result["checkpoint"]["write_bandwidth_by_slowest_mib_per_s"] = write_bandwidth(
+        result["checkpoint"]["bytes_written"], per_rank["checkpoint_write_time_s"])
     result["flags"] += coverage_flags(info, checkpoint_dir, len(processes), result["checkpoint"]["bytes_written"])
     return result, per_process
 

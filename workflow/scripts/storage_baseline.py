@@ -29,9 +29,13 @@ DEFAULT_BLOCK_BYTES = 16 * MIB
 
 # ---- the rank program ----------------------------------------------------------
 
-def write_file(path: Path, size_bytes: int, block_bytes: int, fsync: bool) -> None:
-    """Write ``size_bytes`` to ``path`` in blocks of ``block_bytes``, fsync and close it."""
-    block = os.urandom(min(block_bytes, max(size_bytes, 1)))
+def make_block(size_bytes: int, block_bytes: int) -> bytes:
+    """Return the random block every write repeats, made before any phase is timed."""
+    return os.urandom(min(block_bytes, max(size_bytes, 1)))
+
+
+def write_file(path: Path, size_bytes: int, block: bytes, fsync: bool) -> None:
+    """Write ``size_bytes`` to ``path`` by repeating ``block``, fsync and close it."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         remaining = size_bytes
@@ -96,9 +100,11 @@ def run_rank(directory: Path, bytes_per_rank: int, block_bytes: int, repeats: in
     dist.init_process_group("gloo", rank=environment.rank, world_size=environment.world_size)
     path = directory / f"rank{environment.rank}.bin"
     writes_s, reads_s, dropped = [], [], True
+    # Making 16 MiB of random bytes takes tens of ms, which the write phase must not include.
+    block = make_block(bytes_per_rank, block_bytes)
     try:
         for _ in range(repeats):
-            writes_s.append(timed_phase(dist.barrier, lambda: write_file(path, bytes_per_rank, block_bytes, fsync)))
+            writes_s.append(timed_phase(dist.barrier, lambda: write_file(path, bytes_per_rank, block, fsync)))
             dropped = drop_page_cache(path) and dropped
             reads_s.append(timed_phase(dist.barrier, lambda: read_file(path, block_bytes)))
     finally:

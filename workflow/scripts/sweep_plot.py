@@ -4,7 +4,7 @@ One figure of four panels from ``sweep.csv``. The left column has the ranks on
 the x axis, with one line per mode and model. The right column has the checkpoint
 size there, with one line per mode and rank count. Each point is the median over the
 repeats, with a bar from the minimum to the maximum. The bandwidth is Darshan's
-(checkpoint bytes over the slowest rank's I/O time); when the runs were not
+(checkpoint bytes over the slowest rank's write and fsync time); when the runs were not
 traced it is the save throughput (checkpoint size over the time until the save
 was complete). The storage baseline's write bandwidth is drawn in grey. The
 plotted numbers go to a CSV file as well.
@@ -37,8 +37,8 @@ MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 def bandwidth_figure(summary: pd.DataFrame) -> tuple[str, str]:
     """Choose the bandwidth figure to plot and its axis label: Darshan's when any run was traced."""
-    if summary["bandwidth_by_slowest_mib_per_s_median"].notna().any():
-        return "bandwidth_by_slowest_mib_per_s", "write bandwidth, Darshan, slowest rank (MiB/s)"
+    if summary["write_bandwidth_mib_per_s_median"].notna().any():
+        return "write_bandwidth_mib_per_s", "write bandwidth, Darshan, slowest rank (MiB/s)"
     return "save_throughput_mib_per_s", "save throughput, size / time to complete (MiB/s)"
 
 

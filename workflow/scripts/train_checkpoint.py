@@ -773,10 +773,12 @@ class Checkpointer:
 
     def __init__(self, mode: str, checkpoint_dir: Path, fsync: bool, rank: int, *,
                  device: torch.device = torch.device("cpu"), verify_step: int | None = None,
-                 progress: Progress | None = None, pause: Mapping[str, Any] | None = None) -> None:
+                 progress: Progress | None = None, pause: Mapping[str, Any] | None = None,
+                 dcp_threads: int = 1) -> None:
         self.mode = mode
         self.checkpoint_dir = checkpoint_dir
         self.fsync = fsync
+        self.dcp_threads = dcp_threads
         self.rank = rank
         self.device = device
         self.verify_step = verify_step
@@ -798,6 +800,10 @@ class Checkpointer:
         # torch_save writes rank 0's replica only, so only rank 0 needs the copy.
         if step == self.verify_step and (self.mode != "torch_save" or self.rank == 0):
             self.expected_state = snapshot_state(training_state(self.mode, model, optimizer))
+        # The copy is not part of the save: every rank starts timing the save after it,
+        # so no rank's save time includes waiting for another rank's copy.
+        if step == self.verify_step and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()
         try:
             if self.mode == "torch_save":
                 self._save_torch(record, path, model, optimizer)
@@ -888,8 +894,9 @@ class Checkpointer:
     def _make_writer(self, path: Path, step: int) -> dcp.FileSystemWriter:
         pause_s = self._pause_s(step)
         if pause_s > 0:
-            return PausingFileSystemWriter(path, sync_files=self.fsync, overwrite=True, pause_s=pause_s)
-        return dcp.FileSystemWriter(path, sync_files=self.fsync, overwrite=True)
+            return PausingFileSystemWriter(path, sync_files=self.fsync, overwrite=True, pause_s=pause_s,
+                                           thread_count=self.dcp_threads)
+        return dcp.FileSystemWriter(path, sync_files=self.fsync, overwrite=True, thread_count=self.dcp_threads)
 
     def _save_torch(self, record: CheckpointRecord, path: Path, model: nn.Module,
                     optimizer: torch.optim.Optimizer) -> None:
@@ -1037,7 +1044,8 @@ def run(mode: str, settings: Mapping[str, Any], environ: Mapping[str, str], prog
     save_at = checkpoint_steps(int(training["steps"]), int(training["checkpoint_interval"]))
     checkpointer = Checkpointer(mode, checkpoint_dir, bool(settings["checkpoint"]["fsync"]), env.rank, device=device,
                                 verify_step=save_at[-1] if save_at else None, progress=progress,
-                                pause=(settings.get("testing") or {}).get("pause_in_save"))
+                                pause=(settings.get("testing") or {}).get("pause_in_save"),
+                                dcp_threads=int(settings["checkpoint"].get("dcp_threads", 1)))
     other_pids: dict[int, dict] = {}
 
     phase_start_s = time.perf_counter()
