@@ -244,6 +244,7 @@ def training_settings(mode):
         "training": config["training"],
         "launch": config["launch"],
         "checkpoint": {"dir": str(checkpoint_dir(mode)), "fsync": config["checkpoint"]["fsync"],
+                       "dcp_threads": config["checkpoint"]["dcp_threads"],
                        "keep": config["checkpoint"]["keep"]},
         "darshan": darshan,
     }

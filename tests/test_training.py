@@ -1142,3 +1142,20 @@ def test_job_darshan_writer_log_roles(traced_process_job, tmp_path):
     assert (writers["checkpoint_bytes_written"] > 0).all()
     assert sorted(table.loc[table["role"] == "rank", "rank"].astype(int)) == [0, 1]
     assert (table["role"] == "resource_tracker").sum() >= 1
+
+
+@pytest.mark.slow
+def test_dcp_threads_write_one_shard_per_thread(tmp_path):
+    """checkpoint.dcp_threads 2: each rank writes two shard files per checkpoint, and the restore still matches."""
+    output_dir = tmp_path / "results" / "dcp" / "train"
+    checkpoint_dir = tmp_path / "checkpoints" / "dcp"
+    settings = job_settings("dcp", checkpoint_dir)
+    settings["checkpoint"]["dcp_threads"] = 2
+
+    manifest = succeeded(finish_job(start_job(settings, output_dir), output_dir, checkpoint_dir))
+
+    last = manifest["checkpoints"][-1]
+    shards = sorted(Path(entry["path"]).name for entry in last["file_list"] if entry["path"].endswith(".distcp"))
+    assert shards == ["__0_0.distcp", "__0_1.distcp", "__1_0.distcp", "__1_1.distcp"]
+    assert set(last["bytes_by_rank"]) == {"0", "1"}
+    assert manifest["integrity"] == "ok"
