@@ -75,7 +75,7 @@ def test_slowest_rank_figures_from_pydarshan(tmp_path):
     assert checkpoint["bandwidth_by_slowest_mib_per_s"] == pytest.approx(expected, rel=1e-6)
 
 
-def test_write_bandwidth_uses_slowest_rank_write_time(tmp_path):
+def test_write_bandwidth_by_slowest_rank(tmp_path):
     metrics, _ = metrics_for("dcp", tmp_path)
     checkpoint = metrics["checkpoint"]
     slowest_s = max(rank["checkpoint_write_time_s"] for rank in metrics["per_rank"])

@@ -398,7 +398,7 @@ def test_single_rank_job_has_no_mpi(tmp_path: Path) -> None:
         assert sbatch_options(sbatch_command(job))["--ntasks"] == "1"
 
 
-def test_sweep_jobs_get_the_ranks_of_their_point(tmp_path: Path) -> None:
+def test_sweep_jobs_get_point_ranks(tmp_path: Path) -> None:
     workdir = copy_workflow(tmp_path / "workflow")
     run = dry_run(workdir, LOCAL_PROFILE, tmp_path, "--configfile",
                   str(LOCAL_PROFILE / "workflow-config.yaml"), str(REPOSITORY / "config" / "sweep.yaml"))
@@ -620,7 +620,7 @@ def test_single_rank_job_runs_in_plugin_step(slurm_cluster: None, tmp_path: Path
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_sweep_runs_each_point_with_its_ranks(slurm_cluster: None, tmp_path: Path) -> None:
+def test_sweep_runs_points_on_slurm(slurm_cluster: None, tmp_path: Path) -> None:
     """Sweep jobs of one and two ranks, each with as many tasks as ranks and its own srun step."""
     workdir = copy_workflow(tmp_path / "workflow")
     override = tmp_path / "sweep.yaml"

@@ -26,7 +26,7 @@ def sweep_config(**sweep) -> dict:
     return config
 
 
-def test_repository_sweep_file_is_one_two_four_ranks_three_repeats():
+def test_repository_sweep_file_ranks_repeats():
     config = copy.deepcopy(DEFAULT)
     config.update(yaml.safe_load((REPOSITORY / "config" / "sweep.yaml").read_text()))
     settings_check.validate_config(config, SCHEMA)
@@ -38,7 +38,7 @@ def test_repository_sweep_file_is_one_two_four_ranks_three_repeats():
     assert settings_check.sweep_enabled(config)
 
 
-def test_points_cross_nodes_ranks_and_models():
+def test_points_cross_all_lists():
     config = sweep_config(nodes=[1, 2], ranks_per_node=[1, 4],
                           models=["small_vit", {"name": "small_vit", "small_vit": {"hidden_dim": 512}}])
 
@@ -53,7 +53,7 @@ def test_points_cross_nodes_ranks_and_models():
     assert wide["small_vit"]["num_layers"] == DEFAULT["model"]["small_vit"]["num_layers"]
 
 
-def test_empty_lists_stand_for_the_launch_and_model_settings():
+def test_empty_lists_mean_launch_values():
     config = sweep_config()
 
     points = sweep_points.sweep_points(config)
@@ -61,7 +61,7 @@ def test_empty_lists_stand_for_the_launch_and_model_settings():
     assert [point.name for point in points] == ["n1_r2_small_vit"]
 
 
-def test_point_settings_replace_ranks_model_and_checkpoint_dir():
+def test_point_settings_replace_launch_model():
     config = sweep_config(ranks_per_node=[4], models=[{"name": "resnet18", "label": "rn18"}])
     point = sweep_points.sweep_points(config)[0]
     settings = {"mode": "dcp", "model": config["model"], "launch": config["launch"],
@@ -84,7 +84,7 @@ def test_two_models_with_one_label_rejected():
         settings_check.check_config(config)
 
 
-def test_heads_that_do_not_divide_hidden_dim_rejected():
+def test_hidden_dim_not_divisible_rejected():
     config = sweep_config(models=[{"name": "small_vit", "small_vit": {"hidden_dim": 250, "num_heads": 4}}])
 
     with pytest.raises(settings_check.ConfigError, match="hidden_dim 250.*num_heads 4"):
@@ -193,7 +193,7 @@ def test_sweep_over_ranks_with_repeats(tmp_path):
     assert not (tmp_path / "results" / "report.html").exists()
 
 
-def test_small_vit_dimensions_on_other_model_rejected():
+def test_vit_dimensions_on_resnet_rejected():
     config = sweep_config(models=[{"name": "resnet18", "small_vit": {"hidden_dim": 512}}])
 
     with pytest.raises(settings_check.ConfigError, match="'resnet18' sets small_vit dimensions"):
@@ -207,7 +207,7 @@ def test_labels_differing_in_case_rejected():
         settings_check.check_config(config)
 
 
-def test_patch_size_not_dividing_image_size_rejected():
+def test_patch_size_not_dividing_rejected():
     config = sweep_config(models=[{"name": "small_vit", "label": "p7", "small_vit": {"patch_size": 7}}])
 
     with pytest.raises(settings_check.ConfigError, match=r"sweep.models \(p7\): patch_size 7 does not divide"):
@@ -232,7 +232,7 @@ def test_bad_model_entry_named_precisely(models, message):
     assert "is not valid under any of the given schemas" not in str(error.value)
 
 
-def test_string_number_from_config_option_explained():
+def test_string_number_gets_configfile_hint():
     config = copy.deepcopy(DEFAULT)
     config["sweep"] = {"enabled": "True", "ranks_per_node": ["1", "2"]}
 
@@ -248,17 +248,17 @@ def test_string_number_from_config_option_explained():
     ([(1, 1), (2, 1)], 2, False, "sweep.nodes: 2 nodes, but this run starts the ranks on this machine with torchrun"),
     ([(1, 1), (1, 4)], 2, False, "sweep.ranks_per_node: 4 ranks per node, but Snakemake may use 2 cores"),
 ])
-def test_local_launch_impossible_point_rejected(points, cores, oversubscribe, message):
+def test_impossible_local_point_rejected(points, cores, oversubscribe, message):
     with pytest.raises(settings_check.ConfigError, match=message):
         settings_check.check_local_launch(points, cores, oversubscribe, ("sweep.nodes", "sweep.ranks_per_node"))
 
 
-def test_local_launch_oversubscribed_point_allowed():
+def test_oversubscribed_point_allowed():
     settings_check.check_local_launch([(1, 4)], 2, True, ("sweep.nodes", "sweep.ranks_per_node"))
     settings_check.check_local_launch([(1, 4)], None, False, ("sweep.nodes", "sweep.ranks_per_node"))
 
 
-def test_sweep_beyond_local_cores_stops_before_any_job(tmp_path):
+def test_sweep_beyond_cores_stops_early(tmp_path):
     config = {"checkpoint": {"root": str(tmp_path / "checkpoints")}, "darshan": {"enabled": False},
               "sweep": {"enabled": True, "ranks_per_node": [1, 4], "repeats": 1}}
 

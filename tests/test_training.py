@@ -1145,7 +1145,7 @@ def test_job_darshan_writer_log_roles(traced_process_job, tmp_path):
 
 
 @pytest.mark.slow
-def test_dcp_threads_write_one_shard_per_thread(tmp_path):
+def test_dcp_threads_shard_per_thread(tmp_path):
     """checkpoint.dcp_threads 2: each rank writes two shard files per checkpoint, and the restore still matches."""
     output_dir = tmp_path / "results" / "dcp" / "train"
     checkpoint_dir = tmp_path / "checkpoints" / "dcp"
