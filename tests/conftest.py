@@ -25,6 +25,16 @@ JOBS = {
 DCP_SHARD = re.compile(r"__(\d+)_\d+\.distcp$")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests marked torch_threads after all others.
+
+    They leave torch's threads (and a process group's) running in the pytest
+    process. A process pool forked after that, as the log readers use, can
+    inherit a lock one of those threads held and hang, so no test may fork after them.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("torch_threads") is not None)
+
+
 def checkpoint_files(job: str) -> list[tuple[int, str]]:
     """Return (bytes, path) of every checkpoint file the job left on disk."""
     rows = []

@@ -268,6 +268,7 @@ def test_filesystem_of_directory(tmp_path):
         assert description["type"]
 
 
+@pytest.mark.torch_threads
 def test_serialization_probe_restores_crc_setting():
     from torch.utils.serialization import config
 
@@ -307,6 +308,7 @@ def one_rank_group(monkeypatch):
     dist.destroy_process_group()
 
 
+@pytest.mark.torch_threads
 @pytest.mark.parametrize("mode", train_checkpoint.MODES)
 def test_save_records_state_dict_time(mode, one_rank_group, tmp_path):
     model = train_checkpoint.wrap_model(train_checkpoint.build_model(
