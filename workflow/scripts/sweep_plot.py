@@ -3,10 +3,10 @@
 One figure of four panels from ``sweep.csv``. The left column has the ranks on
 the x axis, with one line per mode and model. The right column has the checkpoint
 size there, with one line per mode and rank count. Each point is the median over the
-repeats, with a bar from the minimum to the maximum. The bandwidth is Darshan's
-(checkpoint bytes over the slowest rank's write and fsync time); when the runs were not
-traced it is the save throughput (checkpoint size over the time until the save
-was complete). The storage baseline's write bandwidth is drawn in grey. The
+repeats, with a bar from the minimum to the maximum. The bandwidth is Darshan's:
+checkpoint bytes over the slowest rank's write and fsync time. When the runs were
+not traced, it is the save throughput instead: checkpoint size over the time
+until the save was complete. The storage baseline's write bandwidth is drawn in grey. The
 plotted numbers go to a CSV file as well.
 """
 
