@@ -596,22 +596,32 @@ def test_summary_lists_every_mode(fail_and_rerun: FailAndRerun) -> None:
     assert sorted(modes) == sorted(MODES)
 
 
+def run_with_override(workdir: Path, override: str, until: str, timeout_s: float) -> SnakemakeRun:
+    """Run the workflow copy on the local cluster, with ``override`` as a config file on top, up to rule ``until``."""
+    override_file = workdir / "override.yaml"
+    override_file.write_text(override)
+    return run_snakemake(workdir, ["--profile", str(LOCAL_PROFILE), "--configfile",
+                                   str(LOCAL_PROFILE / "workflow-config.yaml"), str(override_file),
+                                   "--until", until], timeout_s,
+                         timeout_hint="An srun without --overlap inside the plugin's step waits for its CPUs forever.")
+
+
+def job_steps(job_id: str) -> list[dict[str, str]]:
+    """Return sacct's rows of a job's numbered steps (not .batch or .extern)."""
+    return [row for row in sacct_rows(job_id) if re.fullmatch(rf"{job_id}\.\d+", row["JobID"])]
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_single_rank_job_runs_in_plugin_step(slurm_cluster: None, tmp_path: Path) -> None:
     """A one-rank job has no mpi resource, so run_training.py's srun runs inside the plugin's step."""
     workdir = copy_workflow(tmp_path / "workflow")
-    override = tmp_path / "one-rank.yaml"
-    override.write_text("modes: [torch_save]\nlaunch:\n  ranks_per_node: 1\n")
-    run = run_snakemake(workdir, ["--profile", str(LOCAL_PROFILE), "--configfile",
-                                  str(LOCAL_PROFILE / "workflow-config.yaml"), str(override),
-                                  "--until", "train"], 180,
-                        timeout_hint="An srun without --overlap inside the plugin's step waits for its CPUs forever.")
+    run = run_with_override(workdir, "modes: [torch_save]\nlaunch:\n  ranks_per_node: 1\n", "train", 180)
     assert run.returncode == 0, run.output[-4000:]
 
     job_id = run.train_job_ids()["torch_save"]
     manifest = json.loads((workdir / "results" / "torch_save" / "train" / "manifest.json").read_text())
-    steps = [row for row in sacct_rows(job_id) if re.fullmatch(rf"{job_id}\.\d+", row["JobID"])]
+    steps = job_steps(job_id)
     assert manifest["job_id"] == job_id
     assert manifest["world_size"] == 1
     # The plugin's srun step and run_training.py's srun step.
@@ -623,12 +633,8 @@ def test_single_rank_job_runs_in_plugin_step(slurm_cluster: None, tmp_path: Path
 def test_sweep_runs_points_on_slurm(slurm_cluster: None, tmp_path: Path) -> None:
     """Sweep jobs of one and two ranks, each with as many tasks as ranks and its own srun step."""
     workdir = copy_workflow(tmp_path / "workflow")
-    override = tmp_path / "sweep.yaml"
-    override.write_text("modes: [torch_save]\nsweep:\n  enabled: true\n  ranks_per_node: [1, 2]\n  repeats: 1\n")
-    run = run_snakemake(workdir, ["--profile", str(LOCAL_PROFILE), "--configfile",
-                                  str(LOCAL_PROFILE / "workflow-config.yaml"), str(override),
-                                  "--until", "sweep_train"], 300,
-                        timeout_hint="An srun without --overlap inside the plugin's step waits for its CPUs forever.")
+    run = run_with_override(workdir, "modes: [torch_save]\nsweep:\n  enabled: true\n  ranks_per_node: [1, 2]\n"
+                            "  repeats: 1\n", "sweep_train", 300)
     assert run.returncode == 0, run.output[-4000:]
 
     for ranks in (1, 2):
@@ -637,6 +643,6 @@ def test_sweep_runs_points_on_slurm(slurm_cluster: None, tmp_path: Path) -> None
         assert manifest["launcher"] == "srun"
         assert manifest["world_size"] == ranks
         assert manifest["integrity"] == "ok"
-        steps = [row for row in sacct_rows(manifest["job_id"]) if re.fullmatch(rf"{manifest['job_id']}\.\d+", row["JobID"])]
+        steps = job_steps(manifest["job_id"])
         # The batch script runs run_training.py, whose srun starts the only step (mpi="" for one rank).
         assert [row["NTasks"] for row in steps] == [str(ranks)]
