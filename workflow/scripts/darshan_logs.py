@@ -341,8 +341,8 @@ def read_logs(paths: list[Path], workers: int | None = None) -> dict[Path, "LogC
     if not paths:
         return results
     workers = workers or min(len(paths), os.cpu_count() or 1)
-    # NOTE: the pool forks. In a process that already runs torch threads or a process
-    # group, a forked worker can hang on a lock one of them held; the scripts run none.
+    # NOTE: the pool forks, so a worker forked from a process with torch threads or a
+    # process group can hang on a lock one of them held. The workflow's scripts run none.
     try:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(_read_or_error, path): path for path in paths}

@@ -144,7 +144,7 @@ def check_checkpoint_root(value: str) -> Path:
     return root
 
 
-def check_model_name(name: str) -> None:
+def check_model_name(name: str, key: str = "model.name") -> None:
     """Check that the model is the small ViT or a torchvision classification model."""
     if name == SMALL_VIT:
         return
@@ -156,7 +156,7 @@ def check_model_name(name: str) -> None:
         close += [c for c in known if c.split("_")[0] == name.split("_")[0] and c not in close]
         hint = f" Similar names: {', '.join(close[:8])}." if close else ""
         raise ConfigError(
-            f"model.name: {name!r} is not a torchvision classification model.{hint} "
+            f"{key}: {name!r} is not a torchvision classification model.{hint} "
             f"Use {SMALL_VIT!r} or a name from torchvision.models.list_models(module=torchvision.models)."
         )
 
@@ -239,10 +239,7 @@ def check_sweep(config: dict, existing: dict) -> None:
     for point in points:
         check_patch_size(f"sweep.models ({point.model_label})", point.model, config["training"])
     for name in sorted({point.model["name"] for point in points}):
-        try:
-            check_model_name(name)
-        except ConfigError as error:
-            raise ConfigError(str(error).replace("model.name:", "sweep.models:", 1)) from None
+        check_model_name(name, "sweep.models")
 
 
 def check_config(config: dict) -> None:

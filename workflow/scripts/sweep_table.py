@@ -22,7 +22,6 @@ from summary_table import NOT_TRACED, add_baseline, table_row
 
 log = logging.getLogger("sweep_table")
 
-MIB = 1024**2
 POINT_COLUMNS = ["model", "model_name", "nodes", "ranks_per_node", "ranks", "mode"]
 
 # Figures reduced over the repeats -> header in sweep.md (None: only in the CSV files).
@@ -87,8 +86,6 @@ def run_row(sweep_dir: Path, run: str, with_baseline: bool) -> dict:
 
     row = add_baseline(table_row(metrics), baseline)
     application = metrics.get("application") or {}
-    size_bytes = application.get("checkpoint_size_bytes")
-    completion_s = application.get("completion_mean_s")
     described = (manifest.get("settings") or {}).get("sweep") or {}
     row.update({
         "point": point,
@@ -100,8 +97,9 @@ def run_row(sweep_dir: Path, run: str, with_baseline: bool) -> dict:
         "ranks": manifest.get("world_size", described.get("ranks")),
         "cores": manifest.get("cores"),
         "oversubscribed": bool(manifest.get("oversubscribed")),
-        "checkpoint_size_bytes": size_bytes,
-        "save_throughput_mib_per_s": size_bytes / MIB / completion_s if size_bytes and completion_s else None,
+        "checkpoint_size_bytes": application.get("checkpoint_size_bytes"),
+        # Mean checkpoint size over the mean time until a save was complete.
+        "save_throughput_mib_per_s": application.get("completion_throughput_mib_per_s"),
     })
     return row
 
